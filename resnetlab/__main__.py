@@ -1,0 +1,3 @@
+from resnetlab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""`resnetlab COMMAND ...`: one entry point, one module per command.
+
+Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``
+and is imported only when its command runs, so `resnetlab models` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from resnetlab.errors import UserError
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("resnetlab.models.table", "list every registered model"),
+    "summary": ("resnetlab.reports.summary", "layer tree, parameters, MACs and FLOPs of a model"),
+    "train": ("resnetlab.training.train", "train a model"),
+    "eval": ("resnetlab.training.evaluate", "evaluate a checkpoint"),
+    "reproduce": ("resnetlab.reports.reproduce", "run one of the paper's experiments"),
+    "report": ("resnetlab.reports.report", "write report.md and pictures for an experiment"),
+    "predict": ("resnetlab.inference.predict", "top-k classes of images with a trained model"),
+    "export": ("resnetlab.inference.export", "export a checkpoint to ONNX or safetensors"),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors are one line and exit code 2, like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    return {name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0])}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``only``, just that command's module is imported."""
+    parser = OneLineParser(prog="resnetlab", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+    for name, (module_name, help_text) in _available().items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_text)
+            continue
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=module.__doc__)
+        p.formatter_class = argparse.RawDescriptionHelpFormatter
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def _version() -> str:
+    from resnetlab import __version__
+
+    return f"resnetlab {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    only = argv[0] if argv and argv[0] in COMMANDS else None
+    parser = build_parser(only)
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:
+        print(f"resnetlab {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""One registry of models, as timm has: builders register themselves by name.
+
+`create_model("resnet20", num_classes=100)` is the one way to build a model by
+name; the CLI, the experiment files and the tests all go through it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from resnetlab.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., nn.Module]
+    family: str  # "imagenet", "cifar", "plain", "preact", "wide", "mnist"
+    input_size: tuple[int, int, int]  # default (channels, height, width)
+    num_classes: int  # default number of classes
+    paper: str  # short citation, shown by `resnetlab models`
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    family: str, input_size: tuple[int, int, int], num_classes: int, paper: str
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a builder under its function name."""
+
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = builder.__name__
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelEntry(name, builder, family, input_size, num_classes, paper)
+        return builder
+
+    return decorate
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Registered model names, in registration order (families stay together)."""
+    return [n for n, e in _REGISTRY.items() if family is None or e.family == family]
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    """The registry entry for ``name``; an unknown name is a UserError naming close ones."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `resnetlab models`"
+        raise UserError(f"unknown model {name!r}{hint}")
+    return _REGISTRY[name]
+
+
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Build a registered model by name.
+
+    ``num_classes`` and ``in_channels`` default to the builder's own (10 and 3
+    for CIFAR models, 1000 and 3 for ImageNet ones, 10 and 1 for the MNIST CNN).
+    """
+    entry = get_model_entry(name)
+    if num_classes is not None:
+        if num_classes < 1:
+            raise UserError(f"num_classes must be at least 1, got {num_classes}")
+        kwargs["num_classes"] = num_classes
+    if in_channels is not None:
+        if in_channels < 1:
+            raise UserError(f"in_channels must be at least 1, got {in_channels}")
+        kwargs["in_channels"] = in_channels
+    return entry.builder(**kwargs)
