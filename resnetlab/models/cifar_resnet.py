@@ -1,0 +1,233 @@
+"""CIFAR-10 residual networks and their plain twins (He et al. 2015, section 4.2).
+
+3x3 stem with 16 filters, three stages of n BasicBlocks at 16/32/64 filters on
+32/16/8 maps, global average pool, fully connected: 6n+2 weighted layers.
+The plain twins (paper Fig. 6, the degradation experiment) are the same
+network built with ``shortcut=None``: the same blocks minus the additions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from resnetlab.errors import UserError
+from resnetlab.models.registry import register_model
+from resnetlab.models.resnet import (
+    HE2015,
+    BasicBlock,
+    Bottleneck,
+    conv3x3,
+    init_weights,
+    projection,
+    zero_init_last_bn,
+)
+
+SHORTCUTS = ("A", "B")
+
+
+class ShortcutA(nn.Module):
+    """The paper's option A: identity, subsampled by ``stride``, extra channels zero.
+
+    Parameter-free, so a 6n+2 ResNet has exactly the parameters of its plain twin.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        if out_planes < in_planes:
+            raise ValueError("option A can only add channels")
+        self.extra = out_planes - in_planes
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra))  # zeros after the last channel
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, extra_channels={self.extra}"
+
+
+class CifarResNet(nn.Module):
+    """3x3 stem, no max-pool, one stage per entry of ``widths``, average pool, fc.
+
+    ``shortcut``: "A" (parameter-free, the paper's CIFAR choice), "B" (projection
+    where the shape changes) or None (plain network, no shortcuts at all).
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: list[int],
+        widths: tuple[int, ...] = (16, 32, 64),
+        num_classes: int = 10,
+        in_channels: int = 3,
+        shortcut: str | None = "A",
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        if shortcut is not None and shortcut not in SHORTCUTS:
+            raise UserError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
+        if shortcut == "A" and block is not BasicBlock:
+            raise UserError("shortcut 'A' is defined for BasicBlock networks only")
+        if shortcut is None and block is not BasicBlock:
+            raise UserError("plain networks are built from BasicBlocks only")
+        if shortcut is None and zero_init_residual:
+            raise UserError("zero_init_residual needs shortcuts; a plain network has none")
+        if len(layers) != len(widths) or len(widths) not in (3, 4):
+            raise ValueError("three or four stages, one entry of layers per stage width")
+        self.shortcut = shortcut
+        self.inplanes = widths[0]
+
+        self.conv1 = conv3x3(in_channels, widths[0])
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(block, widths[0], layers[0], 1)
+        self.layer2 = self._make_layer(block, widths[1], layers[1], 2)
+        self.layer3 = self._make_layer(block, widths[2], layers[2], 2)
+        self.layer4 = self._make_layer(block, widths[3], layers[3], 2) if len(widths) == 4 else None
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(widths[-1] * block.expansion, num_classes)
+
+        init_weights(self)
+        if zero_init_residual:
+            zero_init_last_bn(self)
+
+    def _make_layer(
+        self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int
+    ) -> nn.Sequential:
+        layers = []
+        for i in range(blocks):
+            s = stride if i == 0 else 1
+            out_planes = planes * block.expansion
+            changes = s != 1 or self.inplanes != out_planes
+            if self.shortcut is None:
+                layers.append(BasicBlock(self.inplanes, planes, s, residual=False))
+            else:
+                downsample = None
+                if changes and self.shortcut == "A":
+                    downsample = ShortcutA(self.inplanes, out_planes, s)
+                elif changes:
+                    downsample = projection(self.inplanes, out_planes, s, nn.BatchNorm2d)
+                layers.append(block(self.inplanes, planes, s, downsample))
+            self.inplanes = out_planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.relu(x)
+
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        if self.layer4 is not None:  # the 4-stage cifar_resnet18 / 34
+            x = self.layer4(x)
+
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.fc(x)
+
+
+def _cifar(depth: int, num_classes: int, in_channels: int, **kwargs) -> CifarResNet:
+    n, rest = divmod(depth - 2, 6)
+    if rest or n < 1:
+        raise UserError(f"a CIFAR ResNet has depth 6n+2, got {depth}")
+    return CifarResNet(BasicBlock, [n, n, n], (16, 32, 64), num_classes, in_channels, **kwargs)
+
+
+def _plain(depth: int, num_classes: int, in_channels: int, **kwargs) -> CifarResNet:
+    if kwargs.pop("shortcut", None) is not None:
+        raise UserError("a plain network has no shortcut to choose")
+    return _cifar(depth, num_classes, in_channels, shortcut=None, **kwargs)
+
+
+_CIFAR = {"family": "cifar", "input_size": (3, 32, 32), "num_classes": 10, "paper": HE2015}
+_PLAIN = {**_CIFAR, "family": "plain"}
+
+
+@register_model(**_CIFAR)
+def resnet20(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """ResNet-20 (n=3), paper Table 6: 0.27M parameters, 8.75% CIFAR-10 error."""
+    return _cifar(20, num_classes, in_channels, **kwargs)
+
+
+@register_model(**_CIFAR)
+def resnet32(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """ResNet-32 (n=5), paper Table 6: 0.46M parameters, 7.51% error."""
+    return _cifar(32, num_classes, in_channels, **kwargs)
+
+
+@register_model(**_CIFAR)
+def resnet44(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """ResNet-44 (n=7), paper Table 6: 0.66M parameters, 7.17% error."""
+    return _cifar(44, num_classes, in_channels, **kwargs)
+
+
+@register_model(**_CIFAR)
+def resnet56(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """ResNet-56 (n=9), paper Table 6: 0.85M parameters, 6.97% error."""
+    return _cifar(56, num_classes, in_channels, **kwargs)
+
+
+@register_model(**_CIFAR)
+def resnet110(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """ResNet-110 (n=18), paper Table 6: 1.7M parameters, 6.43% error (best of 5).
+
+    The paper warms up at learning rate 0.01 until training error is below 80%.
+    """
+    return _cifar(110, num_classes, in_channels, **kwargs)
+
+
+@register_model(**_CIFAR)
+def resnet1202(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """ResNet-1202 (n=200), paper Table 6: 19.4M parameters, 7.93% error (overfits)."""
+    return _cifar(1202, num_classes, in_channels, **kwargs)
+
+
+@register_model(**{**_CIFAR, "paper": "He et al. 2015, CIFAR variant (3x3 stem, no max-pool)"})
+def cifar_resnet18(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """ResNet-18 for 32x32 images: 3x3 stem, no max-pool, projection shortcuts (11.2M)."""
+    kwargs.setdefault("shortcut", "B")
+    return CifarResNet(
+        BasicBlock, [2, 2, 2, 2], (64, 128, 256, 512), num_classes, in_channels, **kwargs
+    )
+
+
+@register_model(**{**_CIFAR, "paper": "He et al. 2015, CIFAR variant (3x3 stem, no max-pool)"})
+def cifar_resnet34(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """ResNet-34 for 32x32 images: 3x3 stem, no max-pool, projection shortcuts (21.3M)."""
+    kwargs.setdefault("shortcut", "B")
+    return CifarResNet(
+        BasicBlock, [3, 4, 6, 3], (64, 128, 256, 512), num_classes, in_channels, **kwargs
+    )
+
+
+@register_model(**_PLAIN)
+def plain20(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """Plain-20: ResNet-20 without shortcuts, paper Fig. 6 (left)."""
+    return _plain(20, num_classes, in_channels, **kwargs)
+
+
+@register_model(**_PLAIN)
+def plain32(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """Plain-32: ResNet-32 without shortcuts, paper Fig. 6 (left)."""
+    return _plain(32, num_classes, in_channels, **kwargs)
+
+
+@register_model(**_PLAIN)
+def plain44(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """Plain-44: ResNet-44 without shortcuts, paper Fig. 6 (left)."""
+    return _plain(44, num_classes, in_channels, **kwargs)
+
+
+@register_model(**_PLAIN)
+def plain56(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """Plain-56: deeper yet worse than plain-20, the degradation of paper Fig. 1 and 6."""
+    return _plain(56, num_classes, in_channels, **kwargs)
+
+
+@register_model(**_PLAIN)
+def plain110(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """Plain-110: the paper reports it fails to train well (Fig. 6, error above 60%)."""
+    return _plain(110, num_classes, in_channels, **kwargs)

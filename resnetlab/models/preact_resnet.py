@@ -1,0 +1,203 @@
+"""Pre-activation ResNets (He et al. 2016, "Identity Mappings in Deep Residual Networks").
+
+BN and ReLU come before each convolution and nothing follows the addition, so
+the shortcut path is a clean identity from the first block to the last; this
+is what lets the 1001-layer network train. The wide ResNets reuse these blocks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from resnetlab.errors import UserError
+from resnetlab.models.registry import register_model
+from resnetlab.models.resnet import conv1x1, conv3x3, init_weights, zero_init_last_bn
+
+HE2016 = "He et al. 2016, Identity Mappings in Deep Residual Networks (arXiv:1603.05027)"
+
+
+class PreActBasicBlock(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3, plus the shortcut; no ReLU after the sum.
+
+    A projection shortcut (``downsample``, a 1x1 conv) reads the pre-activated
+    input, as in the paper's code, so BN-ReLU is computed once.
+    """
+
+    expansion: int = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = conv3x3(planes, planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def last_bn(self) -> nn.Module:
+        return self.bn2
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(x))
+        shortcut = self.downsample(out) if self.downsample is not None else x
+
+        out = self.conv1(out)
+        out = self.relu(self.bn2(out))
+        out = self.dropout(out)
+        out = self.conv2(out)
+
+        return out + shortcut
+
+
+class PreActBottleneck(nn.Module):
+    """BN-ReLU-conv1x1, BN-ReLU-conv3x3 (with the stride), BN-ReLU-conv1x1 to 4x width."""
+
+    expansion: int = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dropout > 0:
+            raise UserError("dropout is only implemented for the basic (wide) blocks")
+        self.bn1 = nn.BatchNorm2d(inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv1 = conv1x1(inplanes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.downsample = downsample
+        self.stride = stride
+
+    def last_bn(self) -> nn.Module:
+        return self.bn3
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(x))
+        shortcut = self.downsample(out) if self.downsample is not None else x
+
+        out = self.conv1(out)
+        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.conv3(self.relu(self.bn3(out)))
+
+        return out + shortcut
+
+
+class PreActResNet(nn.Module):
+    """3x3 stem, three stages at 32/16/8 maps, final BN-ReLU, average pool, fc.
+
+    ``stem_width`` differs from ``widths[0]`` for the wide networks (16 then 16k).
+    """
+
+    def __init__(
+        self,
+        block: type[PreActBasicBlock | PreActBottleneck],
+        layers: list[int],
+        widths: tuple[int, int, int] = (16, 32, 64),
+        num_classes: int = 10,
+        in_channels: int = 3,
+        zero_init_residual: bool = False,
+        dropout: float = 0.0,
+        stem_width: int = 16,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {dropout}")
+        self.inplanes = stem_width
+        self.dropout = dropout
+
+        self.conv1 = conv3x3(in_channels, stem_width)
+        self.layer1 = self._make_layer(block, widths[0], layers[0], 1)
+        self.layer2 = self._make_layer(block, widths[1], layers[1], 2)
+        self.layer3 = self._make_layer(block, widths[2], layers[2], 2)
+        self.bn_final = nn.BatchNorm2d(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(self.inplanes, num_classes)
+
+        init_weights(self)
+        if zero_init_residual:
+            zero_init_last_bn(self)
+
+    def _make_layer(
+        self,
+        block: type[PreActBasicBlock | PreActBottleneck],
+        planes: int,
+        blocks: int,
+        stride: int,
+    ) -> nn.Sequential:
+        out_planes = planes * block.expansion
+        downsample = None
+        if stride != 1 or self.inplanes != out_planes:
+            # A bare 1x1 conv: the next block's BN normalises the sum anyway.
+            downsample = nn.Sequential(conv1x1(self.inplanes, out_planes, stride))
+        layers = [block(self.inplanes, planes, stride, downsample, self.dropout)]
+        self.inplanes = out_planes
+        for _ in range(1, blocks):
+            layers.append(block(self.inplanes, planes, dropout=self.dropout))
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv1(x)
+
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+
+        x = self.relu(self.bn_final(x))
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.fc(x)
+
+
+_PREACT = {"family": "preact", "input_size": (3, 32, 32), "num_classes": 10, "paper": HE2016}
+
+
+def _blocks(depth: int, layers_per_block: int) -> int:
+    n, rest = divmod(depth - 2, 3 * layers_per_block)
+    if rest or n < 1:
+        raise UserError(f"depth {depth} is not {3 * layers_per_block}n+2")
+    return n
+
+
+@register_model(**_PREACT)
+def preact_resnet110(num_classes: int = 10, in_channels: int = 3, **kwargs) -> PreActResNet:
+    """Pre-activation ResNet-110 (basic blocks, 1.7M): 6.37% CIFAR-10 error, paper Table 2."""
+    n = _blocks(110, 2)
+    return PreActResNet(
+        PreActBasicBlock, [n, n, n], (16, 32, 64), num_classes, in_channels, **kwargs
+    )
+
+
+@register_model(**_PREACT)
+def preact_resnet164(num_classes: int = 10, in_channels: int = 3, **kwargs) -> PreActResNet:
+    """Pre-activation ResNet-164 (bottlenecks, 1.7M): 5.46% CIFAR-10 error, paper Table 3."""
+    n = _blocks(164, 3)
+    return PreActResNet(
+        PreActBottleneck, [n, n, n], (16, 32, 64), num_classes, in_channels, **kwargs
+    )
+
+
+@register_model(**_PREACT)
+def preact_resnet1001(num_classes: int = 10, in_channels: int = 3, **kwargs) -> PreActResNet:
+    """Pre-activation ResNet-1001 (bottlenecks, 10.2M): 4.92% CIFAR-10 error, paper Table 3."""
+    n = _blocks(1001, 3)
+    return PreActResNet(
+        PreActBottleneck, [n, n, n], (16, 32, 64), num_classes, in_channels, **kwargs
+    )

@@ -1,0 +1,206 @@
+"""Layer tree of a model with output shapes, parameters, MACs and FLOPs.
+
+MACs are multiply-accumulates of one forward pass of one image, counted by
+torch.utils.flop_counter over convolutions and linear layers; torchvision's
+"GFLOPS" (4.09 for resnet50 at 224x224) are these. FLOPs = 2 x MACs.
+The model is built on the meta device, so even resnet1202 needs no memory.
+
+  resnetlab summary resnet20
+  resnetlab summary resnet18 --input-size 1 64 64 --num-classes 10 --depth 2
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from resnetlab.errors import UserError
+from resnetlab.models import create_model, get_model_entry
+
+
+@dataclass
+class LayerRow:
+    """One call of one module during the forward pass (a reused ReLU gets one per call)."""
+
+    name: str  # dotted path, as in the state_dict keys ("" is the model itself)
+    kind: str  # class name
+    depth: int
+    output_shape: tuple[int, ...] | None
+    parameters: int | None  # None on repeated calls of the same module
+    macs: int | None  # None on repeated calls (the counter sums all calls of a module)
+
+
+def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def _counted_forward(
+    model: nn.Module, input_size: tuple[int, ...], batch_size: int
+) -> FlopCounterMode:
+    """One eval-mode, no-grad forward pass under a FlopCounterMode; the model's mode is kept."""
+    if len(input_size) != 3 or any(d < 1 for d in input_size):
+        raise UserError(f"input size must be 3 positive numbers (C H W), got {tuple(input_size)}")
+    device, dtype = _device_and_dtype(model)
+    x = torch.zeros(batch_size, *input_size, device=device, dtype=dtype)
+    counter = FlopCounterMode(display=False)
+    was_training = model.training
+    model.eval()  # a train-mode pass would update the BatchNorm running statistics
+    try:
+        with torch.no_grad(), counter:
+            model(x)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"{type(model).__name__} cannot take input size {tuple(input_size)}: {first}"
+        ) from e
+    finally:
+        model.train(was_training)
+    return counter
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, ...], batch_size: int = 1) -> int:
+    """Multiply-accumulates of one forward pass over ``batch_size`` inputs of ``input_size``.
+
+    Counts convolutions and matrix products (what torchvision's "GFLOPS" count);
+    works on any device, including meta. FLOPs are twice this.
+    """
+    return _counted_forward(model, tuple(input_size), batch_size).get_total_flops() // 2
+
+
+def layer_rows(
+    model: nn.Module, input_size: tuple[int, ...], batch_size: int = 1
+) -> tuple[list[LayerRow], int]:
+    """The layer tree in call order with output shapes, and the total MACs."""
+    rows: list[LayerRow] = []
+    open_rows: dict[int, list[LayerRow]] = {}
+    seen: set[int] = set()
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def before(module: nn.Module, _inputs: object) -> None:
+        name = names[id(module)]
+        first = id(module) not in seen
+        seen.add(id(module))
+        params = sum(p.numel() for p in module.parameters()) if first else None
+        depth = 0 if name == "" else name.count(".") + 1
+        row = LayerRow(name, type(module).__name__, depth, None, params, None)
+        rows.append(row)
+        open_rows.setdefault(id(module), []).append(row)
+
+    def after(module: nn.Module, _inputs: object, output: object) -> None:
+        row = open_rows[id(module)].pop()
+        if isinstance(output, torch.Tensor):
+            row.output_shape = tuple(output.shape)
+
+    handles = []
+    for module in model.modules():
+        handles.append(module.register_forward_pre_hook(before))
+        handles.append(module.register_forward_hook(after))
+    try:
+        counter = _counted_forward(model, tuple(input_size), batch_size)
+    finally:
+        for h in handles:
+            h.remove()
+
+    # The counter names modules "<RootClass>.<dotted path>"; the root is "<RootClass>".
+    root = type(model).__name__
+    flops = {key: sum(per_op.values()) for key, per_op in counter.get_flop_counts().items()}
+    for row in rows:
+        if row.parameters is not None:
+            key = root if row.name == "" else f"{root}.{row.name}"
+            row.macs = flops.get(key, 0) // 2
+    return rows, counter.get_total_flops() // 2
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f}"
+
+
+def format_summary(
+    title: str, rows: list[LayerRow], total_macs: int, trainable: int, max_depth: int | None
+) -> str:
+    shown = [r for r in rows if r.depth >= 1 and (max_depth is None or r.depth <= max_depth)]
+    cells = [
+        (
+            "  " * (r.depth - 1) + f"{r.name} ({r.kind})",
+            "-" if r.output_shape is None else str(list(r.output_shape)),
+            "" if not r.parameters else f"{r.parameters:,}",
+            "" if not r.macs else f"{r.macs:,}",
+        )
+        for r in shown
+    ]
+    header = ("Layer (type)", "Output shape", "Params", "MACs")
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(4)]
+
+    def line(c: tuple[str, str, str, str]) -> str:
+        return (
+            f"{c[0].ljust(widths[0])}  {c[1].ljust(widths[1])}  "
+            f"{c[2].rjust(widths[2])}  {c[3].rjust(widths[3])}"
+        ).rstrip()
+
+    total_params = rows[0].parameters or 0
+    out = [title, "", line(header), "-" * len(line(header))]
+    out += [line(c) for c in cells]
+    out += [
+        "",
+        f"Parameters: {total_params:,} (trainable {trainable:,})",
+        f"MACs:       {total_macs:,} ({_si(total_macs)}), multiply-accumulates of one forward "
+        'pass (conv and linear layers): what torchvision calls "GFLOPS"',
+        f"FLOPs:      {2 * total_macs:,} ({_si(2 * total_macs)}) = 2 x MACs",
+    ]
+    return "\n".join(out)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a registered model name (see `resnetlab models`)")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        nargs=3,
+        metavar=("C", "H", "W"),
+        help="one input's size; default: the model's own (3 32 32 for CIFAR models)",
+    )
+    parser.add_argument("--num-classes", type=int, help="default: the model's own")
+    parser.add_argument(
+        "--in-channels", type=int, help="input channels; default: C of --input-size"
+    )
+    parser.add_argument(
+        "--depth", type=int, default=3, help="deepest tree level shown (default 3; 0: all)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    entry = get_model_entry(args.model)
+    input_size = tuple(args.input_size) if args.input_size else entry.input_size
+    in_channels = args.in_channels
+    if in_channels is None:
+        in_channels = input_size[0]
+    elif args.input_size is None:
+        input_size = (in_channels, *entry.input_size[1:])
+    elif in_channels != input_size[0]:
+        raise UserError(
+            f"--input-size has {input_size[0]} channels but --in-channels is {in_channels}"
+        )
+    if args.depth < 0:
+        raise UserError(f"--depth must be 0 (all) or more, got {args.depth}")
+
+    with torch.device("meta"):
+        model = create_model(args.model, num_classes=args.num_classes, in_channels=in_channels)
+    rows, macs = layer_rows(model, input_size)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    classes = args.num_classes or entry.num_classes
+    title = (
+        f"{args.model} ({type(model).__name__}, {entry.family}; {entry.paper})\n"
+        f"input {'x'.join(map(str, input_size))}, {classes} classes, batch of 1"
+    )
+    print(format_summary(title, rows, macs, trainable, args.depth or None))
+    return 0
