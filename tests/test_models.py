@@ -356,3 +356,8 @@ def test_bad_arguments_are_user_errors() -> None:
         create_model("resnet20", num_classes=0)
     with pytest.raises(UserError, match="dropout"):
         create_model("wrn28_10", dropout=1.5)
+
+
+def test_unknown_model_option_is_a_user_error():
+    with pytest.raises(UserError, match="unexpected keyword argument 'shortcutt'"):
+        create_model("resnet20", shortcutt="B")

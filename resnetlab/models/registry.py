@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
@@ -61,14 +62,26 @@ def create_model(
     name: str,
     num_classes: int | None = None,
     in_channels: int | None = None,
+    weights: str | Path | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build a registered model by name.
 
     ``num_classes`` and ``in_channels`` default to the builder's own (10 and 3
     for CIFAR models, 1000 and 3 for ImageNet ones, 10 and 1 for the MNIST CNN).
+    ``weights`` (a resnetlab run, bundle or .safetensors file, or a plain PyTorch
+    state_dict such as torchvision's) is loaded strictly; a resnetlab file of the same
+    model also supplies the defaults above.
     """
     entry = get_model_entry(name)
+    state_dict = None
+    if weights is not None:
+        from resnetlab.models import weights as weights_format
+
+        state_dict, meta = weights_format.read_weights(weights)
+        num_classes, in_channels, kwargs = weights_format.meta_defaults(
+            name, meta, num_classes, in_channels, kwargs
+        )
     if num_classes is not None:
         if num_classes < 1:
             raise UserError(f"num_classes must be at least 1, got {num_classes}")
@@ -77,4 +90,13 @@ def create_model(
         if in_channels < 1:
             raise UserError(f"in_channels must be at least 1, got {in_channels}")
         kwargs["in_channels"] = in_channels
-    return entry.builder(**kwargs)
+    try:
+        model = entry.builder(**kwargs)
+    except TypeError as e:  # a misspelt option from a flag or config file
+        if "keyword argument" not in str(e):
+            raise
+        raise UserError(f"{name}: {e}".replace("__init__()", "")) from None
+    if state_dict is not None:
+        state_dict = weights_format.adapt_keys(state_dict, model)
+        weights_format.load_into(model, state_dict, source=f"weights in {weights}")
+    return model

@@ -1,0 +1,189 @@
+"""Export a checkpoint to ONNX or to a self-contained safetensors bundle.
+
+onnx: one .onnx file with a dynamic batch dimension (input "input", output
+"logits"), exported with torch.onnx and checked with onnxruntime before it is
+written: its outputs must equal PyTorch's within 1e-4 on random inputs, and on
+the images given with --images. The checkpoint's metadata (classes, mean, std,
+input size) is stored in the model's metadata_props under "resnetlab".
+Needs the onnx extra: pip install 'resnetlab[onnx]'.
+
+safetensors: a folder holding model.safetensors (the metadata inside) and
+config.json, which `create_model(NAME, weights=FOLDER)`, `resnetlab eval
+--checkpoint FOLDER` and `resnetlab predict --checkpoint FOLDER` read; an --output
+ending in .safetensors gives the single file instead.
+
+examples:
+  resnetlab export --checkpoint runs/resnet20-cifar10 --format onnx
+  resnetlab export --checkpoint runs/resnet20-cifar10 --format onnx --images cat.png
+  resnetlab export --checkpoint runs/resnet20-cifar10 --format safetensors --output resnet20/
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from resnetlab.errors import UserError
+from resnetlab.io import atomic_write
+
+TOLERANCE = 1e-4  # max |onnxruntime - PyTorch|, relative to the logits' scale when above 1
+FORMATS = ("onnx", "safetensors")
+
+
+def export_onnx(
+    model: nn.Module,
+    meta: dict,
+    path: str | os.PathLike,
+    *,
+    check_inputs: Sequence[Tensor] = (),
+    opset: int | None = None,
+) -> float:
+    """Export ``model`` to ONNX at ``path``, verified with onnxruntime; returns the max error.
+
+    The file is written only after onnxruntime reproduced PyTorch's outputs on random
+    batches of two sizes (so the dynamic batch dimension really works) and on
+    ``check_inputs`` (preprocessed images), so a broken export never replaces a good one.
+    """
+    try:
+        import onnx  # noqa: F401  (torch.onnx needs it, and onnxscript)
+        import onnxruntime
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"ONNX export needs {e.name}: pip install 'resnetlab[onnx]'") from None
+    model = model.cpu().eval()
+    channels, height, width = (int(v) for v in meta["input_size"])
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn(2, channels, height, width, generator=gen)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                opset_version=opset,
+                verbose=False,
+            )
+        except Exception as e:  # the exporter raises many kinds; a bad --opset is one
+            raise UserError(f"torch.onnx could not export {meta['model']}: {_first_line(e)}") from e
+    program.model.metadata_props["resnetlab"] = json.dumps(meta)
+    checks = [torch.randn(3, channels, height, width, generator=gen), example[:1]]
+    if check_inputs:
+        checks.append(torch.stack(list(check_inputs)))
+    worst = 0.0
+
+    def write_and_check(tmp: Path) -> None:
+        nonlocal worst
+        program.save(str(tmp), external_data=False)
+        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        for x in checks:
+            (got,) = session.run(["logits"], {"input": x.numpy()})
+            with torch.inference_mode():
+                want = model(x).numpy()
+            error = float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
+            worst = max(worst, error)
+            if got.shape != want.shape or not error <= TOLERANCE:
+                raise UserError(
+                    f"the ONNX export of {meta['model']} disagrees with PyTorch "
+                    f"(error {error:.2e} > {TOLERANCE:.0e} on a batch of {len(x)}); nothing written"
+                )
+
+    atomic_write(path, write_and_check)
+    return worst
+
+
+def export_safetensors(model: nn.Module, meta: dict, path: str | os.PathLike) -> Path:
+    """Write a bundle folder (or one .safetensors file) and check that it loads back exactly."""
+    from resnetlab.models.weights import load_checkpoint, save_weights, write_bundle
+
+    path = Path(path)
+    model = model.cpu().eval()
+    if path.suffix == ".safetensors":
+        save_weights(path, model, meta)
+    else:
+        write_bundle(path, model, meta)
+    loaded, _ = load_checkpoint(path)
+    channels, height, width = (int(v) for v in meta["input_size"])
+    x = torch.randn(2, channels, height, width, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        if not torch.equal(loaded(x), model(x)):
+            raise RuntimeError(f"{path} does not reproduce the model it was written from")
+    return path
+
+
+def default_output(checkpoint: Path, meta: dict, fmt: str) -> Path:
+    """Next to the checkpoint: RUN/MODEL.onnx or RUN/MODEL-safetensors/."""
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    return folder / (f"{meta['model']}.onnx" if fmt == "onnx" else f"{meta['model']}-safetensors")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="a run folder, an exported bundle folder or a .safetensors file",
+    )
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument(
+        "--output",
+        metavar="PATH",
+        help="where to write (default: next to the checkpoint, MODEL.onnx or MODEL-safetensors/)",
+    )
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        default=[],
+        metavar="IMAGE_OR_FOLDER",
+        help="onnx: also check the export on these images",
+    )
+    parser.add_argument("--opset", type=int, help="onnx: the ONNX opset (default: torch's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from resnetlab.inference.predict import find_images, preprocess_fn, read_image
+    from resnetlab.models.weights import load_checkpoint
+
+    checkpoint = Path(args.checkpoint).expanduser()
+    model, meta = load_checkpoint(checkpoint)
+    prepare = preprocess_fn(meta)  # also checks the meta has the input size, mean and std
+    output = (
+        Path(args.output).expanduser()
+        if args.output
+        else default_output(checkpoint, meta, args.format)
+    )
+    if args.format == "safetensors":
+        if args.images or args.opset is not None:
+            raise UserError("--images and --opset only apply to --format onnx")
+        export_safetensors(model, meta, output)
+        print(f"wrote {output}")
+        return 0
+    if output.is_dir():
+        raise UserError(f"--output {output} is a folder; give a file name such as model.onnx")
+    channels = int(meta["input_size"][0])
+    images = [prepare(read_image(p, channels)) for p in find_images(args.images)]
+    if args.images and not images:
+        raise UserError(f"no images found in {', '.join(args.images)}")
+    error = export_onnx(model, meta, output, check_inputs=images, opset=args.opset)
+    n = len(images)
+    checked = "random inputs" + (f" and {n} image{'s' if n > 1 else ''}" if n else "")
+    print(f"wrote {output} (onnxruntime matches PyTorch on {checked}: max error {error:.1e})")
+    return 0
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,278 @@
+"""Top-k classes of images with a trained model.
+
+The preprocessing comes from the checkpoint, so an image is prepared exactly as the
+model saw its evaluation data: converted to the model's channels (grayscale for
+MNIST), resized to the input size (or, for models trained on image folders, resized
+to the checkpoint's resize size and centre-cropped), and normalised with the
+training set's mean and std. Folders are searched recursively for images.
+
+An image that cannot be read is reported on stderr; the others are still predicted
+and the exit code is then 1.
+
+examples:
+  resnetlab predict --checkpoint runs/resnet20-cifar10 cat.png dog.jpg
+  resnetlab predict --checkpoint model.safetensors photos/ --topk 3 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from resnetlab.errors import UserError
+
+# torchvision is imported inside the functions that use it: it takes over a second, and
+# `import resnetlab` (which exports `predict`) must stay fast for every other command.
+_PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+ImageInput = str | os.PathLike | Tensor
+
+
+@dataclass
+class Prediction:
+    """The top-k classes of one image, most likely first; ``error`` says why there are none."""
+
+    image: str
+    topk: list[tuple[int, str, float]] = field(default_factory=list)  # (index, name, prob)
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "image": self.image,
+            "top": [
+                {"rank": r, "index": i, "class": name, "probability": p}
+                for r, (i, name, p) in enumerate(self.topk, 1)
+            ],
+        }
+
+
+def preprocess_fn(meta: dict) -> Callable[[Tensor], Tensor]:
+    """The evaluation preprocessing a checkpoint's meta describes, for one uint8 CHW image."""
+    from torchvision.transforms.v2 import functional as TF
+
+    missing = [k for k in ("input_size", "mean", "std") if not meta.get(k)]
+    if missing:
+        raise UserError(f"the checkpoint's metadata lacks {', '.join(missing)}: cannot preprocess")
+    channels, height, width = (int(v) for v in meta["input_size"])
+    mean, std = [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
+    if len(mean) != channels or len(std) != channels:
+        raise UserError(f"the checkpoint's mean/std have not {channels} values")
+    resize_size = meta.get("resize_size")
+
+    def prepare(image: Tensor) -> Tensor:
+        if resize_size:  # image-folder data: resize the shorter side, then centre-crop
+            image = TF.resize(image, [int(resize_size)], antialias=True)
+            image = TF.center_crop(image, [height, width])
+        elif tuple(image.shape[-2:]) != (height, width):  # in-memory data: already that size
+            image = TF.resize(image, [height, width], antialias=True)
+        image = TF.to_dtype(image, torch.float32, scale=True)
+        return TF.normalize(image, mean, std)
+
+    return prepare
+
+
+def read_image(path: str | os.PathLike, channels: int) -> Tensor:
+    """A uint8 [channels, H, W] tensor; UserError naming the file if it is not a readable image.
+
+    PIL reads every format torchvision's ImageFolder does, and the EXIF orientation of a
+    phone photo is applied, so the model sees the picture upright.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    from torchvision.transforms.v2 import functional as TF
+
+    if channels not in _PIL_MODES:
+        raise UserError(f"cannot read images for a model with {channels} input channels")
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert(_PIL_MODES[channels])
+            return TF.pil_to_tensor(im)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"{path}: not a readable image ({_first_line(e)})") from None
+
+
+def find_images(inputs: Iterable[str | os.PathLike]) -> Iterator[Path]:
+    """Files as given, and the image files under folders (recursively, sorted, no hidden ones).
+
+    A folder is searched for what torchvision's ImageFolder reads (and GIFs); a file
+    named explicitly is tried whatever its suffix.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    suffixes = {*IMG_EXTENSIONS, ".gif"}
+    for item in inputs:
+        path = Path(item).expanduser()
+        if not path.is_dir():
+            yield path
+            continue
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if not name.startswith(".") and Path(name).suffix.lower() in suffixes:
+                    yield Path(root) / name
+
+
+def iter_predictions(
+    model: nn.Module,
+    meta: dict,
+    images: Iterable[ImageInput],
+    *,
+    topk: int = 5,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+) -> Iterator[Prediction]:
+    """Predictions as each batch finishes, in input order, so a big folder streams."""
+    if topk < 1:
+        raise UserError(f"--topk must be at least 1, got {topk}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    prepare = preprocess_fn(meta)
+    channels = int(meta["input_size"][0])
+    classes = list(meta.get("classes") or [])
+    model.eval()
+
+    def sources() -> Iterator[tuple[str, Tensor | Path]]:
+        for i, image in enumerate(images):
+            if isinstance(image, Tensor):
+                yield f"<tensor {i}>", image
+            else:
+                yield from ((str(path), path) for path in find_images([image]))
+
+    batch: list[tuple[Prediction, Tensor]] = []
+    for name, source in sources():
+        try:
+            image = read_image(source, channels) if isinstance(source, Path) else source
+            if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != channels:
+                raise UserError(f"{name}: expected a uint8 [{channels}, H, W] tensor")
+            x = prepare(image)
+        except UserError as e:
+            # Flush first, so results keep their input order around the failed image.
+            yield from _run(model, batch, device, topk, classes)
+            batch = []
+            yield Prediction(name, error=str(e))
+            continue
+        batch.append((Prediction(name), x))
+        if len(batch) == batch_size:
+            yield from _run(model, batch, device, topk, classes)
+            batch = []
+    yield from _run(model, batch, device, topk, classes)
+
+
+def _run(
+    model: nn.Module,
+    batch: list[tuple[Prediction, Tensor]],
+    device: torch.device,
+    topk: int,
+    classes: list[str],
+) -> Iterator[Prediction]:
+    if not batch:
+        return
+    x = torch.stack([t for _, t in batch]).to(device)
+    with torch.inference_mode():
+        probs = torch.softmax(model(x).float(), dim=1)
+    values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
+    for (pred, _), vals, idxs in zip(batch, values.tolist(), indices.tolist(), strict=True):
+        pred.topk = [
+            (i, classes[i] if i < len(classes) else str(i), p)
+            for i, p in zip(idxs, vals, strict=True)
+        ]
+        yield pred
+
+
+def predict(
+    checkpoint: str | os.PathLike | tuple[nn.Module, dict],
+    images: ImageInput | Sequence[ImageInput],
+    *,
+    topk: int = 5,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+) -> list[Prediction]:
+    """Top-k classes of image files, folders of images, or uint8 CHW tensors.
+
+    ``checkpoint`` is anything `load_checkpoint` reads, or the (model, meta) pair it
+    returned. An unreadable image gives a Prediction with ``error`` set rather than
+    stopping the others.
+    """
+    from resnetlab.models.weights import load_checkpoint
+
+    if isinstance(checkpoint, tuple):
+        model, meta = checkpoint
+        model = model.to(device)
+    else:
+        model, meta = load_checkpoint(checkpoint, map_location=device)
+    if isinstance(images, (str, os.PathLike, Tensor)):
+        images = [images]
+    return list(
+        iter_predictions(model, meta, images, topk=topk, batch_size=batch_size, device=device)
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="a run folder, an exported bundle folder or a .safetensors file",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    parser.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ..."
+    )
+    parser.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward pass")
+
+
+def run(args: argparse.Namespace) -> int:
+    from resnetlab.models.weights import load_checkpoint
+    from resnetlab.training.evaluate import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as e:
+        raise UserError(f"--device {args.device}: {_first_line(e)}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA device is available here")
+    model, meta = load_checkpoint(args.checkpoint, map_location=device)
+    stream = iter_predictions(
+        model, meta, args.images, topk=args.topk, batch_size=args.batch_size, device=device
+    )
+    results, done, failed = [], 0, 0
+    for pred in stream:
+        if pred.error is not None:
+            failed += 1
+            print(f"resnetlab predict: {pred.error}", file=sys.stderr, flush=True)
+            continue
+        done += 1
+        if args.json:
+            results.append(pred.to_json())
+        else:
+            print(_format(pred), flush=True)
+    if not done and not failed:
+        raise UserError(f"no images found in {', '.join(args.images)}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+def _format(pred: Prediction) -> str:
+    width = max(len(name) for _, name, _ in pred.topk)
+    rows = [
+        f"  {r:>2}  {name:<{width}}  {100 * p:6.2f}%" for r, (_, name, p) in enumerate(pred.topk, 1)
+    ]
+    return "\n".join([pred.image, *rows])
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

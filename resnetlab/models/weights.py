@@ -1,0 +1,367 @@
+"""The weights format: safetensors with our metadata, and import of foreign state_dicts.
+
+We write safetensors only: it cannot run code when read and it maps straight into
+memory. The metadata (model name, classes, preprocessing, ...) travels inside the
+file as JSON, so one file is enough to rebuild, evaluate and run a model.
+
+We read, besides our own files, plain PyTorch state_dicts (torchvision's ImageNet
+weights, DataParallel/DDP and torch.compile checkpoints, akamaster-style CIFAR
+checkpoints) through ``torch.load(weights_only=True)``, which never runs a pickled
+payload: a file that needs anything beyond tensors and containers is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from resnetlab.errors import UserError
+from resnetlab.io import atomic_write, atomic_write_json
+
+META_KEY = "resnetlab"  # the safetensors metadata key that holds our meta as JSON
+WEIGHTS_FILE = "model.safetensors"  # the weights inside an exported bundle folder
+CONFIG_FILE = "config.json"  # the meta inside an exported bundle folder, for humans and tools
+# A run folder holds best.safetensors and last.safetensors; an exported bundle model.safetensors.
+RUN_FILES = ("best.safetensors", "last.safetensors", WEIGHTS_FILE)
+
+# Wrappers that only add a prefix to every key: DataParallel/DDP and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Where other code bases keep a state_dict inside a checkpoint dict.
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "net")
+# The torchvision reference scripts save their argparse namespace next to the weights:
+# it is a plain attribute bag, safe to rebuild.
+_EXTRA_SAFE_GLOBALS = [argparse.Namespace]
+# Renames that other CIFAR code bases use for our layers (akamaster calls `fc` `linear`).
+_KEY_ALIASES = {"linear.": "fc."}
+
+
+def save_weights(path: str | os.PathLike, model: nn.Module, meta: Mapping[str, Any]) -> None:
+    """Write ``model``'s state_dict and ``meta`` as one safetensors file, atomically.
+
+    Wrapper prefixes are stripped so a DDP or compiled model saves the same keys as
+    the bare one, and the file loads into a fresh ``create_model`` directly.
+    """
+    state = strip_prefixes(model.state_dict())
+    tensors: dict[str, Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for key, value in state.items():
+        t = value.detach().cpu()
+        # safetensors refuses tensors that share memory; resnets never tie weights, but
+        # copying the odd shared or strided tensor keeps this safe for any module.
+        ptr = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if ptr in seen or not t.is_contiguous() or t.untyped_storage().nbytes() != t.nbytes:
+            t = t.contiguous().clone()
+        seen.add(ptr)
+        tensors[key] = t
+    metadata = {"format": "pt", META_KEY: json.dumps(dict(meta))}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def strip_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Remove the prefixes DataParallel/DDP (``module.``) and torch.compile (``_orig_mod.``) add.
+
+    A prefix is stripped only when every key carries it, as a wrapper would leave it;
+    ``_orig_mod.`` is also removed where a compiled submodule put it mid-key.
+    """
+    state = dict(state_dict)
+    changed = True
+    while changed and state:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                changed = True
+    return {k.replace("._orig_mod.", "."): v for k, v in state.items()}
+
+
+def resolve_weights_path(path: str | os.PathLike) -> Path:
+    """The weights file behind ``path``: the file itself, or the one in a run or bundle folder."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for name in RUN_FILES:
+            if (p / name).is_file():
+                return p / name
+        raise UserError(f"no weights in {p}: expected one of {', '.join(RUN_FILES)}")
+    if not p.exists():
+        raise UserError(f"no such weights file: {p}")
+    if not p.is_file():
+        raise UserError(f"not a weights file: {p}")
+    return p
+
+
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
+    """Read a state_dict and our meta ({} for foreign files) from any weights file we accept.
+
+    ``path`` may be a .safetensors file, a PyTorch .pth/.pt/.bin/.tar state_dict
+    (possibly wrapped as {"state_dict": ...} or {"model": ...}), or a run or bundle folder.
+    """
+    p = resolve_weights_path(path)
+    if _is_safetensors(p):
+        state, meta = _read_safetensors(p)
+    else:
+        state, meta = _read_torch(p), {}
+    if not meta and p.name == WEIGHTS_FILE and (p.parent / CONFIG_FILE).is_file():
+        meta = _read_config(p.parent / CONFIG_FILE)
+    return strip_prefixes(state), meta
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Sniff the format: a safetensors file is an 8-byte header length, then a JSON object."""
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(
+            f"cannot read {path}: not a valid safetensors file ({_first_line(e)})"
+        ) from e
+    raw = metadata.get(META_KEY)
+    if raw is None:
+        return state, {}
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise UserError(f"cannot read {path}: its {META_KEY!r} metadata is not JSON") from e
+    if not isinstance(meta, dict):
+        raise UserError(f"cannot read {path}: its {META_KEY!r} metadata is not a JSON object")
+    return state, meta
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path}: not a JSON file ({_first_line(e)})") from e
+    if not isinstance(meta, dict):
+        raise UserError(f"cannot read {path}: expected a JSON object")
+    return meta
+
+
+def _read_torch(path: Path) -> dict[str, Tensor]:
+    """torch.load with weights_only=True: a payload that needs any other global is refused."""
+    try:
+        # torch warns about pickle protocols it may not support; the outcome is what counts.
+        with torch.serialization.safe_globals(_EXTRA_SAFE_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        if found:
+            raise UserError(
+                f"refusing to load {path}: not a plain state_dict (unsafe pickle: it needs "
+                f"{found.group(1).rstrip('.')}); save model.state_dict() instead"
+            ) from None
+        if _starts_like_pickle(path):
+            raise UserError(
+                f"refusing to load {path}: not a plain state_dict (unsafe pickle: it uses "
+                "operations a state_dict never needs)"
+            ) from None
+        raise UserError(f"cannot read {path}: not a PyTorch or safetensors weights file") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile, OSError) as e:
+        # Only torch's own messages say something useful ("failed reading zip archive").
+        detail = str(e).split(". ")[0].strip() if isinstance(e, RuntimeError) else ""
+        raise UserError(
+            f"cannot read {path}: not a PyTorch or safetensors weights file, or a truncated one"
+            + (f" ({detail.splitlines()[0]})" if detail else "")
+        ) from None
+    return _extract_state_dict(obj, path)
+
+
+def _starts_like_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"  # the PROTO opcode every pickle since protocol 2 begins with
+
+
+def _extract_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
+    if isinstance(obj, Mapping) and not _is_state_dict(obj):
+        for key in _WRAPPER_KEYS:
+            if isinstance(obj.get(key), Mapping) and _is_state_dict(obj[key]):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not _is_state_dict(obj):
+        kind = (
+            f"a dict with keys {', '.join(map(str, list(obj)[:5]))}"
+            if isinstance(obj, Mapping)
+            else type(obj).__name__
+        )
+        raise UserError(f"cannot use {path}: expected a state_dict of tensors, found {kind}")
+    return dict(obj)
+
+
+def _is_state_dict(obj: Mapping) -> bool:
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+
+
+def adapt_keys(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Rename the layers other code bases name differently (akamaster's ``linear`` is our ``fc``).
+
+    A rename happens only when the model lacks the foreign name and the file lacks ours.
+    """
+    expected = model.state_dict().keys()
+    state = dict(state_dict)
+    for theirs, ours in _KEY_ALIASES.items():
+        has_theirs = any(k.startswith(theirs) for k in state)
+        has_ours = any(k.startswith(ours) for k in state)
+        model_has_theirs = any(k.startswith(theirs) for k in expected)
+        if has_theirs and not has_ours and not model_has_theirs:
+            state = {
+                (ours + k[len(theirs) :] if k.startswith(theirs) else k): v
+                for k, v in state.items()
+            }
+    return state
+
+
+def load_into(
+    model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "the weights"
+) -> None:
+    """Load ``state_dict`` strictly; any mismatch is one UserError line that names the keys.
+
+    BatchNorm's ``num_batches_tracked`` may be absent (files written before PyTorch 0.4,
+    as torchvision's original ImageNet weights): it only counts steps and is not a weight.
+    """
+    expected = model.state_dict()
+    state = dict(state_dict)
+    for key in expected.keys() - state.keys():
+        module = key[: -len("num_batches_tracked")]
+        if key.endswith("num_batches_tracked") and module + "running_mean" in state:
+            state[key] = torch.zeros((), dtype=torch.long)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: file {list(state[k].shape)} vs model {list(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key{_s(missing)} ({_few(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key{_s(unexpected)} ({_few(unexpected)})")
+        if shapes:
+            parts.append(
+                f"{len(shapes)} shape mismatch{'es' if len(shapes) > 1 else ''} ({_few(shapes)})"
+            )
+        hint = ""
+        if any(s.startswith("fc.weight:") for s in shapes) and not missing and not unexpected:
+            hint = f"; pass num_classes={state['fc.weight'].shape[0]}"
+        raise UserError(f"{source} do not match {type(model).__name__}: {'; '.join(parts)}{hint}")
+    model.load_state_dict(state, strict=True)
+
+
+def _few(items: list[str], n: int = 4) -> str:
+    more = f", ... {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def _s(items: list) -> str:
+    return "s" if len(items) != 1 else ""
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> dict:
+    """Load any weights file we accept into ``model`` strictly; returns the file's meta."""
+    state, meta = read_weights(path)
+    load_into(model, adapt_keys(state, model), source=f"weights in {Path(path)}")
+    return meta
+
+
+def meta_defaults(
+    name: str,
+    meta: Mapping[str, Any],
+    num_classes: int | None,
+    in_channels: int | None,
+    kwargs: dict[str, Any],
+) -> tuple[int | None, int | None, dict[str, Any]]:
+    """Architecture arguments for ``create_model(name, weights=...)`` from the file's meta.
+
+    A resnetlab file of the same model knows its classes and channels, so
+    ``create_model("resnet20", weights=cifar100_run)`` needs no ``num_classes``;
+    explicit arguments still win (and a real mismatch fails the strict load).
+    """
+    if meta.get("model") != name:
+        return num_classes, in_channels, kwargs
+    if num_classes is None:
+        num_classes = meta.get("num_classes")
+    if in_channels is None:
+        in_channels = meta.get("in_channels")
+    return num_classes, in_channels, {**(meta.get("model_kwargs") or {}), **kwargs}
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict]:
+    """Rebuild a trained model from a run folder, an exported bundle or a .safetensors file.
+
+    A run folder gives best.safetensors if training kept one, else last.safetensors.
+    The model comes back in eval mode on ``map_location``, with the meta that says how
+    to preprocess its inputs.
+    """
+    from resnetlab.models import create_model  # importing the package registers every model
+
+    file = resolve_weights_path(path)
+    state, meta = read_weights(file)
+    if not meta.get("model"):
+        raise UserError(
+            f"{file} holds weights without resnetlab metadata; "
+            "load it with create_model(NAME, weights=PATH) instead"
+        )
+    missing = [k for k in ("num_classes", "in_channels") if k not in meta]
+    if missing:
+        raise UserError(f"{file}: its metadata lacks {', '.join(missing)}")
+    kwargs = meta.get("model_kwargs") or {}
+    try:
+        model = create_model(
+            meta["model"],
+            num_classes=meta["num_classes"],
+            in_channels=meta["in_channels"],
+            **kwargs,
+        )
+    except TypeError as e:  # model_kwargs the builder does not take: a foreign or edited file
+        raise UserError(f"{file}: cannot build {meta['model']} from its metadata ({e})") from None
+    load_into(model, state, source=f"weights in {file}")
+    model.to(map_location)
+    model.eval()
+    return model, meta
+
+
+def write_bundle(folder: str | os.PathLike, model: nn.Module, meta: Mapping[str, Any]) -> Path:
+    """Write a self-contained folder: model.safetensors (meta inside) and config.json.
+
+    ``create_model(name, weights=folder)``, ``load_checkpoint(folder)`` and
+    ``resnetlab eval --checkpoint folder`` all read it.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"cannot write a bundle to {folder}: it is a file")
+    # Never write over a run folder's own config.json: only a new, empty or bundle folder.
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / WEIGHTS_FILE).is_file():
+        raise UserError(f"cannot write a bundle to {folder}: it holds other files")
+    save_weights(folder / WEIGHTS_FILE, model, meta)
+    atomic_write_json(folder / CONFIG_FILE, dict(meta))
+    return folder
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
