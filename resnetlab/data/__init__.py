@@ -1,0 +1,23 @@
+"""Datasets and input pipelines: the first stage of data -> models -> training -> reports.
+
+`build_loaders` is the entry point; `load_arrays` gives the raw uint8 tensors of
+the built-in datasets; `DATASETS` describes them without reading any file.
+"""
+
+from resnetlab.data.arrays import load_arrays
+from resnetlab.data.build import DataBundle, Loader, build_loaders
+from resnetlab.data.in_memory import InMemoryLoader
+from resnetlab.data.info import DATASETS, DatasetInfo, DataWarning
+from resnetlab.data.root import default_data_root
+
+__all__ = [
+    "DATASETS",
+    "DataBundle",
+    "DataWarning",
+    "DatasetInfo",
+    "InMemoryLoader",
+    "Loader",
+    "build_loaders",
+    "default_data_root",
+    "load_arrays",
+]

@@ -1,0 +1,161 @@
+"""`build_loaders`: one call from a dataset name to train/val/test loaders.
+
+The built-in datasets go through the fast in-memory loader; image folders go
+through torchvision's ImageFolder and DataLoader. Both give the same `Loader`
+protocol, so the training loop never knows which it has.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from resnetlab.data.arrays import load_arrays
+from resnetlab.data.in_memory import AUGMENTS, InMemoryLoader, check_positive
+from resnetlab.data.info import get_info
+from resnetlab.data.root import resolve_root
+from resnetlab.data.split import holdout_split
+from resnetlab.errors import UserError
+
+
+class Loader(Protocol):
+    """What a training or evaluation loop may rely on."""
+
+    num_samples: int  # samples this rank sees per epoch
+    dataset_size: int  # samples across all ranks
+
+    def set_epoch(self, epoch: int) -> None: ...
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
+    def __len__(self) -> int: ...
+
+
+@dataclass
+class DataBundle:
+    """Everything the trainer needs from the data side, so it never asks which kind it has."""
+
+    train: Loader
+    val: Loader | None
+    test: Loader | None  # folders may have no test split
+    num_classes: int
+    in_channels: int
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_size: tuple[int, int, int]  # (C, H, W) the model sees
+    resize_size: int | None  # eval resize before the centre crop (folders); None in memory
+
+
+def build_loaders(
+    dataset: str,
+    data_path: str | os.PathLike | None = None,
+    *,
+    download: bool = False,
+    batch_size: int = 128,
+    eval_batch_size: int | None = None,
+    val_split: int = 0,
+    seed: int = 0,
+    augment: str = "crop-flip",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+    drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 2,
+    image_size: int = 224,
+    resize_size: int = 256,
+    skip_bad_images: bool = False,
+    classes: Sequence[str] | None = None,
+) -> DataBundle:
+    """Loaders for a DATASETS name (in memory, on ``device``) or ``"folder"``.
+
+    ``val_split`` images are held out of the training set (deterministically by
+    ``seed``) and evaluated without augmentation. ``classes`` fixes a folder
+    dataset's class list (e.g. the one stored with a model); by default it is the
+    sorted sub-folders of the training folder.
+    """
+    eval_batch_size = 2 * batch_size if eval_batch_size is None else eval_batch_size
+    check_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, world_size=world_size)
+    if val_split < 0:
+        raise UserError(f"val-split must not be negative, got {val_split}")
+    if seed < 0:
+        raise UserError(f"seed must not be negative, got {seed}")
+    if augment not in AUGMENTS:
+        raise UserError(f"unknown augmentation {augment!r}; known: {', '.join(AUGMENTS)}")
+    if not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} outside 0..{world_size - 1}")
+    root = resolve_root(data_path)
+    if dataset == "folder":
+        from resnetlab.data.folder import build_folder_loaders
+
+        if download:
+            raise UserError("--download fetches the built-in datasets only, not image folders")
+        return build_folder_loaders(
+            root,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            val_split=val_split,
+            seed=seed,
+            augment=augment,
+            device=device,
+            dtype=dtype,
+            channels_last=channels_last,
+            drop_last=drop_last,
+            rank=rank,
+            world_size=world_size,
+            workers=workers,
+            image_size=image_size,
+            resize_size=resize_size,
+            skip_bad_images=skip_bad_images,
+            classes=classes,
+        )
+    info = get_info(dataset)
+    images, labels = load_arrays(info.name, root, train=True, download=download)
+    test_images, test_labels = load_arrays(info.name, root, train=False, download=download)
+    val = None
+    common = dict(
+        mean=info.mean,
+        std=info.std,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        channels_last=channels_last,
+        rank=rank,
+        world_size=world_size,
+    )
+    if val_split:
+        train_idx, val_idx = holdout_split(len(images), val_split, seed)
+        val = InMemoryLoader(
+            images[val_idx], labels[val_idx], batch_size=eval_batch_size, train=False, **common
+        )
+        images, labels = images[train_idx], labels[train_idx]
+    train = InMemoryLoader(
+        images,
+        labels,
+        batch_size=batch_size,
+        train=True,
+        augment=augment,
+        drop_last=drop_last,
+        **common,
+    )
+    test = InMemoryLoader(
+        test_images, test_labels, batch_size=eval_batch_size, train=False, **common
+    )
+    h, w = info.image_size
+    return DataBundle(
+        train=train,
+        val=val,
+        test=test,
+        num_classes=info.num_classes,
+        in_channels=info.in_channels,
+        classes=list(info.classes),
+        mean=info.mean,
+        std=info.std,
+        input_size=(info.in_channels, h, w),
+        resize_size=None,
+    )

@@ -1,0 +1,127 @@
+"""CIFAR-10 and CIFAR-100 from the official python pickles, read without trusting them.
+
+Files are unpickled by `safe_pickle` (numpy arrays and plain containers only),
+checked against the MD5s torchvision lists for the official release (a mismatch
+only warns: re-encoded copies differ in metadata such as ``filenames``), and
+always validated for structure, so a bad file is one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from resnetlab.data.info import DATASETS, DataWarning
+from resnetlab.data.root import missing_error
+from resnetlab.data.safe_pickle import safe_load
+from resnetlab.errors import UserError
+
+
+def _tv_class(name: str) -> type:
+    import torchvision.datasets as tvd
+
+    return {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+
+
+def base_folder(name: str, root: Path) -> Path:
+    """``root/cifar-10-batches-py`` or ``root/cifar-100-python``, torchvision's names."""
+    return Path(root) / _tv_class(name).base_folder
+
+
+def official_files(name: str, train: bool) -> list[tuple[str, str]]:
+    """``(filename, md5)`` pairs of the official release, as torchvision lists them."""
+    cls = _tv_class(name)
+    return [(f, md5) for f, md5 in (cls.train_list if train else cls.test_list)]
+
+
+def download(name: str, root: Path) -> None:
+    """Fetch and extract the official archive with torchvision's code and MD5 check."""
+    cls = _tv_class(name)
+    # Only the download step: torchvision's constructor would `pickle.load` the files.
+    ds = cls.__new__(cls)
+    ds.root = str(root)
+    try:
+        ds.download()
+    except Exception as e:  # URLError, checksum RuntimeError, OSError, tarfile errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{name}: download of {cls.url} into {root} failed: {first}") from None
+
+
+class ChecksumWarning(DataWarning):
+    """A file differs from the official release; its structure was checked instead."""
+
+
+def read_batch(
+    path: Path, name: str, md5: str | None = None
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """One pickle file -> (uint8 ``[n, 3, 32, 32]``, int64 ``[n]``, MD5 matched), validated."""
+    info = DATASETS[name]
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    md5_ok = md5 is None or hashlib.md5(raw, usedforsecurity=False).hexdigest() == md5
+    entry = safe_load(raw, str(path))
+    if not isinstance(entry, dict):
+        raise UserError(f"{path}: expected a dict, found {type(entry).__name__}")
+    label_key = "labels" if name == "cifar10" else "fine_labels"
+    for key in ("data", label_key):
+        if key not in entry:
+            keys = ", ".join(repr(k) for k in entry)  # repr: keys may hold any character
+            raise UserError(f"{path}: no {key!r} entry (keys: {keys[:200]})")
+    data = entry["data"]
+    h, w = info.image_size
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
+        kind = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data)
+        raise UserError(f"{path}: 'data' must be a uint8 [N, {3 * h * w}] array, found {kind}")
+    if data.shape[1] != 3 * h * w:
+        raise UserError(f"{path}: 'data' rows hold {data.shape[1]} values, expected {3 * h * w}")
+    try:
+        labels = np.asarray(entry[label_key])
+    except Exception:
+        raise UserError(f"{path}: {label_key!r} is not a list of integers") from None
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise UserError(f"{path}: {label_key!r} is not a list of integers")
+    if len(labels) != len(data):
+        raise UserError(f"{path}: {len(labels)} labels for {len(data)} images")
+    if len(labels) and (labels.min() < 0 or labels.max() >= info.num_classes):
+        bad = int(labels.min() if labels.min() < 0 else labels.max())
+        raise UserError(f"{path}: label {bad} out of range 0..{info.num_classes - 1}")
+    return data.reshape(-1, 3, h, w), labels.astype(np.int64), md5_ok
+
+
+def load_cifar(
+    name: str, root: Path, train: bool, download_missing: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images uint8 ``[N, 3, 32, 32]`` and labels int64 ``[N]`` of CIFAR-10 or CIFAR-100."""
+    info = DATASETS[name]
+    folder = base_folder(name, root)
+    files = official_files(name, train)
+    paths = [folder / f for f, _ in files]
+    if not all(p.is_file() for p in paths) and download_missing:
+        download(name, root)
+    if not all(p.is_file() for p in paths):
+        raise missing_error(name, paths)
+    parts = [read_batch(p, name, md5) for p, (_, md5) in zip(paths, files, strict=True)]
+    differ = [p.name for p, (_, _, ok) in zip(paths, parts, strict=True) if not ok]
+    if differ:
+        warnings.warn(
+            f"{folder}: {', '.join(differ)}: MD5 differs from the official release "
+            "(a re-encoded copy?); contents validated instead",
+            ChecksumWarning,
+            stacklevel=2,
+        )
+    images = np.concatenate([x for x, _, _ in parts])
+    labels = np.concatenate([y for _, y, _ in parts])
+    expected_n = info.num_train if train else info.num_test
+    if len(images) != expected_n:
+        warnings.warn(
+            f"{folder}: {len(images)} images, the official release has {expected_n}",
+            DataWarning,
+            stacklevel=2,
+        )
+    return torch.from_numpy(images), torch.from_numpy(labels)

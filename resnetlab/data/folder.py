@@ -1,0 +1,342 @@
+"""Image folders (``root/train/<class>/*``, ``root/val/...``, ``root/test/...``, or a
+single ``root/<class>/*``) through torchvision's ImageFolder, transforms.v2 and a
+DataLoader with workers, the way torchvision's reference scripts read ImageNet.
+
+The class list comes from the training folder (or from the model, via
+``classes``), never from the evaluation folders, so a validation folder that
+lacks a class keeps every index where the model expects it. Random transforms are
+seeded per sample from (seed, epoch, index), so augmentation does not depend on
+the number of workers and a run can be reproduced.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
+from torchvision.transforms import v2
+
+from resnetlab.data.info import FOLDER_MEAN, FOLDER_STD
+from resnetlab.data.order import AUGMENT_STREAM, eval_indices, num_batches, seed_of, train_indices
+from resnetlab.data.split import holdout_split
+from resnetlab.errors import UserError
+
+
+class BadImage(NamedTuple):
+    """Stands in for a sample whose file could not be decoded."""
+
+    path: str
+    reason: str
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _checked_loader(path: str) -> Any:
+    """torchvision's PIL loader (it decodes fully), turning any failure into `_Unreadable`."""
+    try:
+        return pil_loader(path)
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... on bad files
+        raise _Unreadable(path, f"{type(e).__name__}: {e}".splitlines()[0]) from None
+
+
+class ClassFolder(ImageFolder):
+    """ImageFolder whose class list can be imposed instead of read from the folder."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        classes: Sequence[str] | None = None,
+        transform: Any = None,
+        allow_empty: bool = False,
+    ) -> None:
+        self._fixed = list(classes) if classes is not None else None
+        self.seed = 0
+        self.epoch = 0
+        self.augmenting = False
+        try:
+            super().__init__(
+                str(root), transform=transform, loader=_checked_loader, allow_empty=allow_empty
+            )
+        except FileNotFoundError as e:
+            first = str(e).splitlines()[0]
+            raise UserError(f"{root}: {first}") from None
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        """The imposed list if any (refusing folders outside it), else the sub-folders."""
+        found = sorted(e.name for e in os.scandir(directory) if e.is_dir())
+        if self._fixed is None:
+            if not found:
+                raise UserError(f"{directory}: no class folders (expected {directory}/<class>/*)")
+            classes = found
+        else:
+            extra = sorted(set(found) - set(self._fixed))
+            if extra:
+                raise UserError(
+                    f"{directory}: class folder(s) {', '.join(extra[:5])} are not among the "
+                    f"{len(self._fixed)} classes of the training set"
+                )
+            classes = self._fixed
+        return classes, {c: i for i, c in enumerate(classes)}
+
+    def __getitem__(self, index: int) -> Any:
+        path, target = self.samples[index]
+        try:
+            image = self.loader(path)
+        except _Unreadable as e:
+            return BadImage(*e.args)
+        if self.transform is None:
+            return image, target
+        if not self.augmenting:
+            return self.transform(image), target
+        # The global RNG is what v2's random transforms draw from; seed it per sample.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed_of(AUGMENT_STREAM, self.seed, self.epoch, index))
+            return self.transform(image), target
+
+
+def _collate(items: list[Any]) -> tuple[Tensor | None, Tensor | None, list[BadImage]]:
+    bad = [it for it in items if isinstance(it, BadImage)]
+    good = [it for it in items if not isinstance(it, BadImage)]
+    if not good:
+        return None, None, bad
+    x = torch.stack([torch.as_tensor(img) for img, _ in good])
+    y = torch.tensor([t for _, t in good], dtype=torch.int64)
+    return x, y, bad
+
+
+def train_transform(augment: str, image_size: int, resize_size: int) -> v2.Compose:
+    """RandomResizedCrop + flip, as torchvision's ImageNet reference recipe."""
+    if augment == "none":
+        return eval_transform(image_size, resize_size)
+    geometric: list[Any]
+    if augment == "flip":
+        geometric = [v2.Resize(resize_size), v2.CenterCrop(image_size), v2.RandomHorizontalFlip()]
+    elif augment == "crop":
+        geometric = [v2.RandomResizedCrop(image_size)]
+    else:
+        geometric = [v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip()]
+    tail: list[Any] = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(FOLDER_MEAN, FOLDER_STD)]
+    if augment == "cutout":  # a square of a quarter of the area, set to the mean
+        tail.append(v2.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0))
+    return v2.Compose([v2.ToImage(), *geometric, *tail])
+
+
+def eval_transform(image_size: int, resize_size: int) -> v2.Compose:
+    """Resize the short side to ``resize_size``, then centre-crop ``image_size``."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(resize_size),
+            v2.CenterCrop(image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(FOLDER_MEAN, FOLDER_STD),
+        ]
+    )
+
+
+class FolderLoader:
+    """The `Loader` protocol over a ClassFolder: order from (seed, epoch), rank shards.
+
+    A file that cannot be decoded stops iteration with a line naming it, unless
+    ``skip_bad_images``: then it is left out of its batch and listed in `skipped`.
+    """
+
+    def __init__(
+        self,
+        dataset: ClassFolder,
+        subset: Tensor | None = None,
+        *,
+        batch_size: int,
+        train: bool,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        workers: int = 2,
+        skip_bad_images: bool = False,
+    ) -> None:
+        if workers < 0:
+            raise UserError(f"workers must not be negative, got {workers}")
+        self.dataset = dataset
+        self.subset = subset
+        self.batch_size = batch_size
+        self.train = train
+        self.seed = seed
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.drop_last = drop_last and train
+        self.rank = rank
+        self.world_size = world_size
+        self.workers = workers
+        self.skip_bad_images = skip_bad_images
+        self.skipped: list[str] = []
+        self.epoch = 0
+        self.dataset_size = len(subset) if subset is not None else len(dataset)
+        if train:
+            self.num_samples = self.dataset_size // world_size
+            if batch_size > self.num_samples:
+                raise UserError(
+                    f"batch size {batch_size} is larger than the {self.num_samples} training "
+                    f"images{' per rank' if world_size > 1 else ''} in {dataset.root}"
+                )
+        else:
+            self.num_samples = len(range(rank, self.dataset_size, world_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select epoch ``epoch``'s order and augmentation; eval loaders ignore it."""
+        if epoch < 0:
+            raise ValueError(f"epoch must not be negative, got {epoch}")
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return num_batches(self.num_samples, self.batch_size, self.drop_last)
+
+    def indices(self, epoch: int | None = None) -> Tensor:
+        """Dataset indices this rank visits in ``epoch``, in order."""
+        epoch = self.epoch if epoch is None else epoch
+        if self.train:
+            pos = train_indices(self.dataset_size, self.seed, epoch, self.rank, self.world_size)
+        else:
+            pos = eval_indices(self.dataset_size, self.rank, self.world_size)
+        return self.subset[pos] if self.subset is not None else pos
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        dataset = self.dataset
+        if self.train:  # workers receive this copy when the iterator starts
+            dataset = copy.copy(dataset)
+            dataset.seed, dataset.epoch, dataset.augmenting = self.seed, self.epoch, True
+        loader = DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=self.indices().tolist(),
+            num_workers=self.workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            drop_last=self.drop_last,
+        )
+        fmt = torch.channels_last if self.channels_last else torch.preserve_format
+        for x, y, bad in loader:
+            for item in bad:
+                if not self.skip_bad_images:
+                    raise UserError(
+                        f"cannot read image {item.path} ({item.reason}); "
+                        "pass --skip-bad-images to skip such files"
+                    )
+                if item.path not in self.skipped:
+                    self.skipped.append(item.path)
+                    warnings.warn(f"skipped unreadable image {item.path}", stacklevel=2)
+            if x is None:
+                continue
+            x = x.to(self.device, self.dtype, non_blocking=True, memory_format=fmt)
+            yield x, y.to(self.device, non_blocking=True)
+
+
+def folder_layout(root: Path) -> tuple[Path, Path | None, Path | None]:
+    """(train, val, test) folders: ``root/train`` + optional siblings, or ``root`` itself."""
+    if not root.is_dir():
+        raise UserError(
+            f"image folder {root} not found: expected {root}/train/<class>/* (and optionally "
+            f"val/, test/) or {root}/<class>/*; point --data-path at it"
+        )
+    if (root / "train").is_dir():
+        val = root / "val" if (root / "val").is_dir() else None
+        test = root / "test" if (root / "test").is_dir() else None
+        return root / "train", val, test
+    return root, None, None
+
+
+def build_folder_loaders(
+    root: Path,
+    *,
+    batch_size: int,
+    eval_batch_size: int,
+    val_split: int,
+    seed: int,
+    augment: str,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    channels_last: bool,
+    drop_last: bool,
+    rank: int,
+    world_size: int,
+    workers: int,
+    image_size: int,
+    resize_size: int,
+    skip_bad_images: bool,
+    classes: Sequence[str] | None,
+) -> Any:
+    """The folder half of `build_loaders` (see there for the arguments)."""
+    from resnetlab.data.build import DataBundle
+
+    if image_size <= 0 or resize_size <= 0:
+        raise UserError("image-size and resize-size must be positive")
+    if resize_size < image_size:
+        raise UserError(f"resize-size {resize_size} is smaller than image-size {image_size}")
+    train_dir, val_dir, test_dir = folder_layout(Path(root))
+    train_set = ClassFolder(
+        train_dir,
+        classes,
+        train_transform(augment, image_size, resize_size),
+        allow_empty=classes is not None,
+    )
+    class_list = list(train_set.classes)
+    ev = eval_transform(image_size, resize_size)
+    common = dict(
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        channels_last=channels_last,
+        rank=rank,
+        world_size=world_size,
+        workers=workers,
+        skip_bad_images=skip_bad_images,
+    )
+
+    def eval_loader(folder: Path) -> FolderLoader:
+        ds = ClassFolder(folder, class_list, ev, allow_empty=True)
+        return FolderLoader(ds, batch_size=eval_batch_size, train=False, **common)
+
+    train_subset = val = None
+    if val_split:
+        train_subset, val_idx = holdout_split(len(train_set), val_split, seed)
+        held_out = copy.copy(train_set)  # same file list, evaluation transforms
+        held_out.transform = ev
+        val = FolderLoader(held_out, val_idx, batch_size=eval_batch_size, train=False, **common)
+        # The held-out part is the validation set; an existing val/ then serves as test.
+        test_dir = test_dir or val_dir
+    elif val_dir is not None:
+        val = eval_loader(val_dir)
+    test = eval_loader(test_dir) if test_dir is not None else None
+    train = FolderLoader(
+        train_set, train_subset, batch_size=batch_size, train=True, drop_last=drop_last, **common
+    )
+    return DataBundle(
+        train=train,
+        val=val,
+        test=test,
+        num_classes=len(class_list),
+        in_channels=3,
+        classes=class_list,
+        mean=FOLDER_MEAN,
+        std=FOLDER_STD,
+        input_size=(3, image_size, image_size),
+        resize_size=resize_size,
+    )
+
+
+__all__ = ["IMG_EXTENSIONS", "BadImage", "ClassFolder", "FolderLoader", "build_folder_loaders"]

@@ -1,0 +1,58 @@
+"""Which samples a rank sees, in which order: a pure function of (seed, epoch, rank).
+
+Training can then be resumed mid-run and reproduced exactly, and N ranks can
+share an epoch without talking to each other (what DistributedSampler does,
+without its duplicated padding samples).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def seed_of(*key: int) -> int:
+    """A 63-bit seed hashed from a tuple of ints, with no collisions between tuples.
+
+    SeedSequence hashes the whole tuple, so (seed=0, epoch=1) and (seed=1, epoch=0)
+    give unrelated streams, which ``seed + epoch`` would not.
+    """
+    if any(k < 0 for k in key):
+        raise ValueError(f"seed keys must be non-negative, got {key}")
+    state = np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0]
+    return int(state) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def generator(*key: int) -> torch.Generator:
+    """A CPU generator seeded by `seed_of(*key)`."""
+    return torch.Generator().manual_seed(seed_of(*key))
+
+
+# Stream ids, always the first key (SeedSequence pads short keys with zeros, so a
+# trailing id could collide), so that order, augmentation and split never share numbers.
+ORDER_STREAM = 0
+AUGMENT_STREAM = 1
+SPLIT_STREAM = 2
+
+
+def train_indices(
+    n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+) -> torch.Tensor:
+    """This rank's shard of epoch ``epoch``'s permutation of ``range(n)``.
+
+    Every rank gets ``n // world_size`` samples, disjoint from the other ranks'; the
+    ``n % world_size`` left over change every epoch, so none is left out for good.
+    """
+    perm = torch.randperm(n, generator=generator(ORDER_STREAM, seed, epoch))
+    per_rank = n // world_size
+    return perm[rank : per_rank * world_size : world_size]
+
+
+def eval_indices(n: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """Samples ``rank, rank + W, ...``: every sample counted once, never padded."""
+    return torch.arange(rank, n, world_size)
+
+
+def num_batches(num_samples: int, batch_size: int, drop_last: bool) -> int:
+    """Batches per epoch: the partial last batch counts unless ``drop_last``."""
+    return num_samples // batch_size if drop_last else -(-num_samples // batch_size)

@@ -1,0 +1,37 @@
+"""Where datasets live: one torchvision-style root shared by every tool.
+
+The same root works with torchvision's own dataset classes, so users can point
+resnetlab at data they already downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from resnetlab.errors import UserError
+
+ENV_VAR = "RESNETLAB_DATA"
+
+
+def default_data_root() -> Path:
+    """``$RESNETLAB_DATA`` if set, else ``./data`` (torchvision's usual default)."""
+    env = os.environ.get(ENV_VAR)
+    return Path(env).expanduser() if env else Path("data")
+
+
+def resolve_root(data_path: str | os.PathLike | None) -> Path:
+    """``--data-path`` when given, else `default_data_root`."""
+    return default_data_root() if data_path is None else Path(data_path).expanduser()
+
+
+def missing_error(name: str, expected: Sequence[Path]) -> UserError:
+    """One line naming what is missing and the three ways to fix it."""
+    shown = ", ".join(str(p) for p in expected[:3])
+    if len(expected) > 3:
+        shown += f" (+{len(expected) - 3} more)"
+    return UserError(
+        f"{name} not found: expected {shown}; point --data-path or ${ENV_VAR} at a root "
+        f"that holds it, or pass --download"
+    )
