@@ -1,0 +1,96 @@
+"""Training state: what `--resume` needs to continue a run bit for bit.
+
+One epoch is committed by one atomic write of ``last.state.pt``, which holds the
+model weights *and* everything else (optimizer, scheduler, grad scaler, epoch and
+iteration, RNG states, metrics so far, best epoch). The safetensors files are
+written after it and derived from it; a kill between the two writes leaves a
+stale ``last.safetensors`` that resume rewrites from the state, so the weights
+of epoch k are never paired with the optimizer state of epoch k+1.
+
+The state is read with ``torch.load(weights_only=True)``: tensors, numbers,
+strings and containers only. Anything else (a pickled object, a code payload) is
+refused before it can run.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from resnetlab.errors import UserError
+from resnetlab.io import atomic_write
+
+STATE_FILE = "last.state.pt"
+LAST_WEIGHTS = "last.safetensors"
+BEST_WEIGHTS = "best.safetensors"
+FORMAT = "resnetlab-train-state"
+VERSION = 1
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Write the training state atomically (a reader sees the old file or the new one)."""
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Read a state file with ``weights_only=True``; an unsafe or broken file is a UserError."""
+    p = Path(path)
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"refusing to load {p}: it holds objects other than tensors and plain data "
+            "(an unsafe pickle); only files written by `resnetlab train` are accepted"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, KeyError, zipfile.BadZipFile, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read training state {p}: corrupt or truncated ({first})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{p} is not a resnetlab training state")
+    if state.get("version") != VERSION:
+        raise UserError(f"{p}: training state version {state.get('version')} is not supported")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (CPU and CUDA) generators, as weights_only-safe values."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved (CUDA states only where CUDA is present)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

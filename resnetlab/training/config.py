@@ -1,0 +1,301 @@
+"""The training configuration: one plain dataclass, filled from recipe < config file < flags.
+
+Recipes (what a field left unset becomes; every run writes the resolved values to
+config.json, which `--config` reads back):
+
+| models, dataset          | length     | batch | lr (SGD 0.9)  | wd   | schedule         | val  |
+|--------------------------|------------|-------|---------------|------|------------------|------|
+| CIFAR/plain/preact, CIFAR| 64k it.    | 128   | 0.1           | 1e-4 | paper            | 5000 |
+| wide ResNets, CIFAR      | 200 ep.    | 128   | 0.1, nesterov | 5e-4 | step 60 ep. x0.2 | 5000 |
+| any, (Fashion-)MNIST     | 5 / 10 ep. | 128   | 0.05          | 5e-4 | cosine           | 5000 |
+| ImageNet-style or folder | 90 ep.     | 256   | 0.1           | 1e-4 | step 30 ep. x0.1 | 0    |
+| anything else            | 30 ep.     | 128   | 0.1           | 5e-4 | cosine           | 0    |
+
+"paper" divides the lr by 10 at 50% and 75% of the run (32k and 48k of 64k).
+CIFAR ResNet-110 and deeper also warm up at lr 0.01 for the first 400 iterations, then go
+back to 0.1 (paper, section 4.2). The paper's 45k/5k split is ``val_split`` 5000.
+
+A user's ``--epochs`` or ``--iterations`` replaces the recipe's length; the paper
+schedule's milestones sit at 50% and 75% of whatever the length is, so a short run
+keeps the shape of the long one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from resnetlab.errors import UserError
+
+DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
+SCHEDULES = ("paper", "step", "cosine", "onecycle")
+OPTIMIZERS = ("sgd", "adamw")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")
+WARMUP_METHODS = ("linear", "constant")
+# Deep CIFAR ResNets need the paper's warm-up: "we use 0.01 to warm up the training
+# until the training error is below 80% (about 400 iterations), and then go back to 0.1".
+PAPER_WARMUP_ITERATIONS = 400
+PAPER_WARMUP_DEPTH = 110
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; None means "the recipe decides" until `resolve`."""
+
+    model: str | None = None
+    dataset: str | None = None
+    data_path: str | None = None
+    download: bool = False
+    epochs: int | None = None
+    iterations: int | None = None  # when set, decides the length; epochs then follow from it
+    batch_size: int | None = None
+    eval_batch_size: int | None = None
+    opt: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+    no_wd_norm_bias: bool | None = None
+    schedule: str | None = None
+    warmup_epochs: float | None = None
+    warmup_iterations: int | None = None  # resolved from warmup_epochs, or set by the recipe
+    warmup_method: str | None = None
+    warmup_factor: float | None = None  # lr multiplier during (the start of) warm-up
+    lr_step_size: int | None = None  # epochs between decays of the step schedule
+    lr_gamma: float | None = None
+    label_smoothing: float | None = None
+    val_split: int | None = None
+    seed: int = 0
+    output_dir: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    workers: int = 2
+    augment: str | None = None
+    skip_bad_images: bool = False
+    image_size: int | None = None  # folder datasets: train and eval crop
+    resize_size: int | None = None  # folder datasets: eval resize before the centre crop
+    print_freq: int = 50  # steps between progress updates (and finiteness checks)
+
+
+FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+
+
+def _depth(model: str) -> int:
+    found = re.search(r"(\d+)$", model)
+    return int(found.group(1)) if found else 0
+
+
+def recipe(model: str, family: str, dataset: str) -> dict[str, Any]:
+    """The defaults for ``model`` (of registry ``family``) on ``dataset``: see the module table."""
+    common = {
+        "opt": "sgd",
+        "momentum": 0.9,
+        "nesterov": False,
+        "no_wd_norm_bias": False,
+        "label_smoothing": 0.0,
+        "warmup_epochs": 0.0,
+        "warmup_method": "linear",
+        "warmup_factor": 0.01,
+        "lr_gamma": 0.1,
+        "lr_step_size": 30,
+        "augment": "crop-flip",
+    }
+    if dataset in ("mnist", "fashion-mnist"):
+        return {
+            **common,
+            "epochs": 5 if dataset == "mnist" else 10,
+            "batch_size": 128,
+            "lr": 0.05,
+            "weight_decay": 5e-4,
+            "schedule": "cosine",
+            "val_split": 5000,
+            "augment": "none",
+        }
+    if dataset in ("cifar10", "cifar100") and family in ("cifar", "plain", "preact"):
+        out = {
+            **common,
+            "iterations": 64_000,
+            "batch_size": 128,
+            "lr": 0.1,
+            "weight_decay": 1e-4,
+            "schedule": "paper",
+            "val_split": 5000,
+        }
+        if _depth(model) >= PAPER_WARMUP_DEPTH:
+            out.update(
+                warmup_iterations=PAPER_WARMUP_ITERATIONS,
+                warmup_method="constant",
+                warmup_factor=0.1,
+            )
+        return out
+    if dataset in ("cifar10", "cifar100") and family == "wide":
+        return {
+            **common,
+            "epochs": 200,
+            "batch_size": 128,
+            "lr": 0.1,
+            "nesterov": True,
+            "weight_decay": 5e-4,
+            "schedule": "step",
+            "lr_step_size": 60,
+            "lr_gamma": 0.2,
+            "val_split": 5000,
+        }
+    if family == "imagenet" or dataset == "folder":
+        return {
+            **common,
+            "epochs": 90,
+            "batch_size": 256,
+            "lr": 0.1,
+            "weight_decay": 1e-4,
+            "schedule": "step",
+            "val_split": 0,
+        }
+    return {
+        **common,
+        "epochs": 30,
+        "batch_size": 128,
+        "lr": 0.1,
+        "weight_decay": 5e-4,
+        "schedule": "cosine",
+        "val_split": 0,
+    }
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON mapping of TrainConfig fields (dashes or underscores in the keys)."""
+    import yaml
+
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config file {p}: {e.strerror or e}") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot parse config file {p}: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(
+            f"config file {p} must hold a mapping of settings, not a {type(data).__name__}"
+        )
+    out = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(k for k in out if k not in FIELD_NAMES)
+    if unknown:
+        raise UserError(f"config file {p}: unknown setting(s) {', '.join(unknown)}")
+    return out
+
+
+def merge(file_values: dict[str, Any], flag_values: dict[str, Any]) -> TrainConfig:
+    """Flags override the file; a length given as a flag replaces the file's length."""
+    values = dict(file_values)
+    if flag_values.get("epochs") is not None and flag_values.get("iterations") is not None:
+        raise UserError("give --epochs or --iterations, not both")
+    if flag_values.get("epochs") is not None or flag_values.get("iterations") is not None:
+        values.pop("epochs", None)
+        values.pop("iterations", None)
+    if flag_values.get("warmup_epochs") is not None:
+        values.pop("warmup_iterations", None)
+    values.update({k: v for k, v in flag_values.items() if v is not None})
+    return TrainConfig(**values)
+
+
+def fill_recipe(cfg: TrainConfig, family: str) -> TrainConfig:
+    """Fill every unset field from the recipe of ``cfg.model`` on ``cfg.dataset``."""
+    defaults = recipe(cfg.model or "", family, cfg.dataset or "")
+    values = asdict(cfg)
+    user_length = cfg.epochs is not None or cfg.iterations is not None
+    for key, value in defaults.items():
+        if key in ("epochs", "iterations") and user_length:
+            continue
+        if key == "warmup_iterations" and cfg.warmup_epochs is not None:
+            continue  # the user chose the warm-up (``--warmup-epochs 0`` turns it off)
+        if values.get(key) is None:
+            values[key] = value
+    return TrainConfig(**values)
+
+
+def check_types(cfg: TrainConfig) -> None:
+    """A config file can hold anything; catch wrong types with one line, not a traceback."""
+    expect = {
+        "model": str,
+        "dataset": str,
+        "opt": str,
+        "schedule": str,
+        "device": str,
+        "precision": str,
+        "warmup_method": str,
+        "augment": str,
+    }
+    for f in fields(TrainConfig):
+        v = getattr(cfg, f.name)
+        if v is None:
+            continue
+        kind = expect.get(f.name) or _kind(f)
+        ok = isinstance(v, kind) and not (kind in (int, float) and isinstance(v, bool))
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            setattr(cfg, f.name, float(v))
+            ok = True
+        if not ok:
+            raise UserError(f"{f.name} must be {kind.__name__}, got {v!r}")
+
+
+def _kind(f: dataclasses.Field) -> type:
+    t = str(f.type)
+    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if t.startswith(name):
+            return kind
+    return object
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Nonsense numbers and unknown choices, caught before any data is read or file written."""
+    check_types(cfg)
+    choices = {
+        "dataset": DATASET_CHOICES,
+        "schedule": SCHEDULES,
+        "opt": OPTIMIZERS,
+        "device": DEVICES,
+        "precision": PRECISIONS,
+        "warmup_method": WARMUP_METHODS,
+    }
+    for key, allowed in choices.items():
+        v = getattr(cfg, key)
+        if v is not None and v not in allowed:
+            raise UserError(f"unknown {key} {v!r}; choose from {', '.join(allowed)}")
+    positive = ("epochs", "iterations", "batch_size", "eval_batch_size", "lr_step_size")
+    positive += ("print_freq", "image_size", "resize_size")
+    for key in positive:
+        v = getattr(cfg, key)
+        if v is not None and v < 1:
+            raise UserError(f"{key.replace('_', '-')} must be at least 1, got {v}")
+    for key in ("lr", "lr_gamma", "warmup_factor"):
+        v = getattr(cfg, key)
+        if v is not None and not v > 0:
+            raise UserError(f"{key.replace('_', '-')} must be positive, got {v}")
+    for key in ("momentum", "weight_decay", "warmup_epochs", "warmup_iterations", "val_split"):
+        v = getattr(cfg, key)
+        if v is not None and v < 0:
+            raise UserError(f"{key.replace('_', '-')} must not be negative, got {v}")
+    if cfg.workers < 0:
+        raise UserError(f"workers must not be negative, got {cfg.workers}")
+    if cfg.seed < 0:
+        raise UserError(f"seed must not be negative, got {cfg.seed}")
+    if cfg.momentum is not None and cfg.momentum >= 1:
+        raise UserError(f"momentum must be below 1, got {cfg.momentum}")
+    if cfg.label_smoothing is not None and not 0 <= cfg.label_smoothing < 1:
+        raise UserError(f"label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.nesterov and cfg.opt == "sgd" and not cfg.momentum:
+        raise UserError("--nesterov needs a momentum above 0")
+    if cfg.dataset == "folder" and cfg.data_path is None:
+        raise UserError("--dataset folder needs --data-path (a folder with train/ and val/)")

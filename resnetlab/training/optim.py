@@ -1,0 +1,59 @@
+"""The optimizer, with weight decay optionally kept off normalization layers and biases.
+
+``--no-wd-norm-bias`` follows torchvision's ``--norm-weight-decay 0`` and timm's
+default: decaying BatchNorm scales and biases only fights the normalization.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NORM_LAYERS = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_wd_norm_bias: bool) -> list[dict]:
+    """One group with ``weight_decay``, and, with ``no_wd_norm_bias``, one without it."""
+    if not no_wd_norm_bias:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    decay, no_decay = [], []
+    for module in model.modules():
+        is_norm = isinstance(module, NORM_LAYERS)
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            (no_decay if is_norm or name == "bias" else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(
+    model: nn.Module,
+    opt: str,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    no_wd_norm_bias: bool,
+) -> torch.optim.Optimizer:
+    """SGD (the paper's) or AdamW, with the multi-tensor (``foreach``) update."""
+    groups = param_groups(model, weight_decay, no_wd_norm_bias)
+    if opt == "sgd":
+        return torch.optim.SGD(
+            groups,
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            foreach=True,
+        )
+    if opt == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, foreach=True)
+    raise ValueError(f"unknown optimizer {opt!r}")
