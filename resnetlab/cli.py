@@ -10,6 +10,7 @@ import argparse
 import importlib
 import importlib.util
 import sys
+import warnings
 
 from resnetlab.errors import UserError
 
@@ -61,8 +62,14 @@ def _version() -> str:
     return f"resnetlab {__version__}"
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    """Warnings (e.g. a dataset file's checksum) as one line, without source code."""
+    return f"resnetlab: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    warnings.formatwarning = _one_line_warning
     only = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(only)
     args = parser.parse_args(argv)
