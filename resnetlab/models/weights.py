@@ -337,7 +337,7 @@ def load_checkpoint(
             in_channels=meta["in_channels"],
             **kwargs,
         )
-    except TypeError as e:  # model_kwargs the builder does not take: a foreign or edited file
+    except UserError as e:  # model_kwargs the builder does not take: a foreign or edited file
         raise UserError(f"{file}: cannot build {meta['model']} from its metadata ({e})") from None
     load_into(model, state, source=f"weights in {file}")
     model.to(map_location)

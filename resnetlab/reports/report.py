@@ -1,0 +1,234 @@
+"""Write report.md and pictures for an experiment folder, next to the published numbers.
+
+  resnetlab report runs/cifar10-table                  # experiment taken from the folder name
+  resnetlab report runs/my-dir --experiment degradation
+
+report.md holds one table (model, parameters, paper test error, ours as mean ± std over
+seeds, best validation error, epochs, wall time, hardware); fig6.png is the paper's
+Figure 6 analogue (plain nets left, ResNets right; training error dashed, held-out error
+solid); curves.png shows the accuracy curves of every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from resnetlab.errors import UserError
+from resnetlab.io import atomic_write, atomic_write_text
+from resnetlab.reports.experiment import Experiment, load_experiment
+
+
+@dataclass
+class RunResult:
+    name: str
+    model: str
+    family: str
+    config: dict
+    summary: dict | None  # None while the run is unfinished
+    metrics: list[dict]
+
+    @property
+    def test_error(self) -> float | None:
+        test = (self.summary or {}).get("test")
+        return None if not test else 100.0 - test["top1"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment_dir", help="folder holding one sub-folder per run")
+    p.add_argument("--experiment", help="experiment name or YAML (default: the folder's name)")
+
+
+def run(args: argparse.Namespace) -> int:
+    folder = Path(args.experiment_dir).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such experiment folder")
+    exp = load_experiment(args.experiment or folder.name)
+    print(f"report: {write_report(folder, exp)}")
+    return 0
+
+
+def collect_runs(folder: Path) -> list[RunResult]:
+    """Every run folder (one with a config.json) below ``folder``, in name order."""
+    from resnetlab.models import get_model_entry
+
+    runs = []
+    for cfg_file in sorted(folder.glob("*/config.json")):
+        run_dir = cfg_file.parent
+        try:
+            config = json.loads(cfg_file.read_text(encoding="utf-8"))
+            summary_file = run_dir / "summary.json"
+            summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+            metrics = read_metrics(run_dir / "metrics.csv")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
+            raise UserError(f"{run_dir}: unreadable run files ({e})") from None
+        model = config.get("model") or run_dir.name
+        runs.append(RunResult(run_dir.name, model, get_model_entry(model).family,
+                              config, summary, metrics))  # fmt: skip
+    return runs
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    numeric = ("epoch", "iteration", "train_loss", "train_acc", "eval_loss", "eval_acc")
+    return [{k: (float(v) if k in numeric and v not in ("", None) else v) for k, v in r.items()}
+            for r in rows]  # fmt: skip
+
+
+def write_report(folder: Path, exp: Experiment) -> Path:
+    """report.md, fig6.png (when plain and residual runs are both there) and curves.png."""
+    runs = collect_runs(folder)
+    if not runs:
+        raise UserError(f"{folder}: no runs (no */config.json) to report on")
+    lines = [f"# {exp.name}", "", exp.description, ""]
+    lines += results_table(runs, exp)
+    citation = exp.published.get("citation")
+    if citation:
+        lines += ["", f"Published numbers: {' '.join(str(citation).split())}"]
+    lines += ["", "Test error is measured once, after the last epoch, on the test set; the best",
+              "validation error is the lowest error on the held-out part of the training set.",
+              ""]  # fmt: skip
+    if any(r.family == "plain" for r in runs) and any(r.family != "plain" for r in runs):
+        atomic_write(folder / "fig6.png", lambda p: plot_degradation(runs, p))
+        lines += ["## Figure 6 analogue", "", "![Figure 6 analogue](fig6.png)", ""]
+    if any(r.metrics for r in runs):
+        atomic_write(folder / "curves.png", lambda p: plot_all_curves(runs, p))
+        lines += ["## Accuracy curves", "", "![accuracy curves](curves.png)", ""]
+    path = folder / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def results_table(runs: list[RunResult], exp: Experiment) -> list[str]:
+    by_model: dict[str, list[RunResult]] = defaultdict(list)
+    for r in runs:
+        by_model[r.model].append(r)
+    rows = [
+        "| model | parameters | paper test error (%) | our test error (%) | "
+        "best val error (%) | epochs | wall time | hardware |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for model, group in by_model.items():
+        done = [r for r in group if r.summary is not None]
+        errors = [r.test_error for r in done if r.test_error is not None]
+        vals = [100.0 - r.summary["best_val_acc"] for r in done
+                if r.summary.get("best_val_acc") is not None]  # fmt: skip
+        params = next((r.summary.get("parameters") for r in done), None)
+        epochs = sorted({r.summary.get("epochs") for r in done})
+        hours = [r.summary.get("wall_time_s", 0) / 3600 for r in done]
+        hardware = sorted({f"{r.summary.get('device')} ({r.summary.get('device_name')})"
+                           for r in done})  # fmt: skip
+        pending = len(group) - len(done)
+        rows.append(
+            "| "
+            + " | ".join(
+                [
+                    model,
+                    f"{params:,}" if params else "",
+                    paper_cell(exp, model),
+                    " ".join(
+                        filter(None, [mean_std(errors), f"({pending} unfinished)" * bool(pending)])
+                    ),
+                    mean_std(vals),
+                    "/".join(str(e) for e in epochs),
+                    f"{statistics.mean(hours):.2f} h" if hours else "",
+                    ", ".join(hardware),
+                ]
+            )
+            + " |"
+        )
+    return rows
+
+
+def paper_cell(exp: Experiment, model: str) -> str:
+    value = exp.published_error(model)
+    if value is None:
+        return "—"
+    spread = exp.published_spread(model)
+    return f"{value:.2f}" + (f" ({spread[0]:.2f} ± {spread[1]:.2f})" if spread else "")
+
+
+def mean_std(values: list[float]) -> str:
+    """'6.61 ± 0.16 (n=5)' as the paper writes it; one value alone has no spread."""
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.2f} (n=1)"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
+
+
+def plot_degradation(runs: list[RunResult], path: Path) -> None:
+    """Paper Fig. 6: error (%) against iterations; training dashed, held-out solid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    # The paper's axes (0-20%) when every curve ends inside them; short runs need more room.
+    final = [100 - m["train_acc"] for r in runs for m in r.metrics[-1:]]
+    final += [100 - m["eval_acc"] for r in runs for m in r.metrics[-1:]]
+    top = 20 if max(final, default=0) <= 20 else min(100, 10 * math.ceil(max(final) * 1.2 / 10))
+    panels = (("plain", "plain networks"), ("residual", "ResNets"))
+    for ax, (kind, title) in zip(axes, panels, strict=True):
+        chosen = [r for r in runs if (r.family == "plain") == (kind == "plain") and r.metrics]
+        colors: dict[str, str] = {}
+        for r in sorted(chosen, key=lambda r: depth_of(r.model)):
+            label = None if r.model in colors else r.model  # one legend entry per model
+            color = colors.setdefault(r.model, f"C{len(colors)}")
+            its = [m["iteration"] / 1e4 for m in r.metrics]
+            ax.plot(its, [100 - m["train_acc"] for m in r.metrics], "--", color=color, lw=1)
+            ax.plot(its, [100 - m["eval_acc"] for m in r.metrics], "-", color=color, lw=1.5,
+                    label=label)  # fmt: skip
+        ax.set_title(f"{title} on CIFAR-10")
+        ax.set_xlabel("iterations (1e4)")
+        ax.set_ylim(0, top)
+        ax.grid(alpha=0.3)
+        if chosen:
+            ax.legend(loc="upper right")
+    axes[0].set_ylabel("error (%)   dashed: training, solid: held-out")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_all_curves(runs: list[RunResult], path: Path) -> None:
+    """Training and held-out accuracy of every run against epochs, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in runs if r.metrics]
+    cols = min(4, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, r in zip(axes.flat, shown, strict=False):
+        epochs = [m["epoch"] for m in r.metrics]
+        ax.plot(epochs, [m["train_acc"] for m in r.metrics], label="train")
+        split = r.metrics[-1].get("eval_split") or "held-out"
+        ax.plot(epochs, [m["eval_acc"] for m in r.metrics], label=split)
+        ax.set_title(r.name, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(shown) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+
+
+def depth_of(model: str) -> int:
+    digits = "".join(ch for ch in model if ch.isdigit())
+    return int(digits) if digits else 0

@@ -1,0 +1,110 @@
+"""Reproduce one of the paper's experiments with one command; re-run it until it is done.
+
+  resnetlab reproduce cifar10-table                       # Table 6, the paper's recipe
+  resnetlab reproduce cifar10-table --seeds 5 --only resnet110
+  resnetlab reproduce degradation --epochs-scale 0.1      # Fig. 6, a tenth of the length
+  resnetlab reproduce mnist --data-path ~/data
+
+Each run has its own folder under --output-dir (default runs/EXPERIMENT). Finished runs are
+skipped, interrupted ones resume from their last epoch, and report.md is (re)written at
+the end. Experiments: resnetlab/experiments/*.yaml (or a path to your own file).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from resnetlab.errors import UserError
+from resnetlab.reports.experiment import (
+    Experiment,
+    RunSpec,
+    expand,
+    list_experiments,
+    load_experiment,
+    scale_length,
+)
+
+# Settings the command line may set for every run of an experiment.
+PASSED_THROUGH = ("device", "data_path", "download", "precision", "channels_last", "workers")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", help=f"one of {', '.join(list_experiments())}, or a YAML path")
+    p.add_argument("--output-dir", help="folder of the experiment's runs (runs/EXPERIMENT)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per model, seeds 0..N-1")
+    p.add_argument(
+        "--epochs-scale",
+        type=float,
+        default=1.0,
+        help="multiply every run's length (and warm-up) by this, keeping its shape",
+    )
+    p.add_argument("--only", nargs="+", metavar="MODEL", help="only these runs (and opt-in ones)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--data-path", help="torchvision-style dataset root (or RESNETLAB_DATA)")
+    p.add_argument("--download", action="store_true", default=None)
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their state only")
+
+
+def run(args: argparse.Namespace) -> int:
+    exp = load_experiment(args.experiment)
+    out_root = Path(args.output_dir or Path("runs") / exp.name).expanduser()
+    specs = expand(exp, seeds=args.seeds, only=args.only)
+    overrides = {k: getattr(args, k) for k in PASSED_THROUGH if getattr(args, k) is not None}
+    if args.epochs_scale <= 0 or args.epochs_scale > 10:
+        raise UserError(f"--epochs-scale must be in (0, 10], got {args.epochs_scale}")
+    for i, spec in enumerate(specs, 1):
+        run_dir = out_root / spec.name
+        state = run_state(run_dir)
+        print(f"[{i}/{len(specs)}] {spec.name}: {state}", flush=True)
+        if args.dry_run or state == "finished":
+            continue
+        train_run(spec, run_dir, overrides, args.epochs_scale, resume=state != "new")
+    if not args.dry_run:
+        from resnetlab.reports.report import write_report
+
+        path = write_report(out_root, exp)
+        print(f"report: {path}")
+    return 0
+
+
+def run_state(run_dir: Path) -> str:
+    """'finished', 'interrupted' (a config.json but no summary.json) or 'new'."""
+    if (run_dir / "summary.json").is_file():
+        return "finished"
+    if (run_dir / "config.json").is_file():
+        return "interrupted"
+    return "new"
+
+
+def resolve_run(spec: RunSpec, run_dir: Path, overrides: dict[str, Any], epochs_scale: float):
+    """The run's full TrainConfig: recipe < experiment < command line, then scaled."""
+    from resnetlab.training.config import TrainConfig, validate
+    from resnetlab.training.train import resolve_config
+
+    cfg = resolve_config({}, {**spec.settings, **overrides, "output_dir": str(run_dir)})
+    if epochs_scale != 1.0:
+        cfg = TrainConfig(**scale_length(asdict(cfg), epochs_scale))
+        validate(cfg)
+    return cfg
+
+
+def train_run(
+    spec: RunSpec, run_dir: Path, overrides: dict[str, Any], epochs_scale: float, resume: bool
+) -> dict:
+    from resnetlab.training.train import check_output_dir, prepare_resume, train
+
+    if resume:
+        cfg, state = prepare_resume(run_dir, overrides, None)
+        return train(cfg, run_dir, state=state, resume=True)
+    cfg = resolve_run(spec, run_dir, overrides, epochs_scale)
+    check_output_dir(run_dir, overwrite=False)
+    return train(cfg, run_dir)
+
+
+__all__ = ["Experiment", "add_arguments", "resolve_run", "run", "run_state"]
