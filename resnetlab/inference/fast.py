@@ -1,0 +1,196 @@
+"""The fast inference path: BatchNorm folded into convolutions, channels_last, bf16 where native.
+
+A trained network in eval mode computes ``bn(conv(x))`` as one affine map per channel
+after the convolution, so the BN can be folded into the conv's weights and a bias
+(`torch.nn.utils.fusion.fuse_conv_bn_eval`): one pass over memory less per layer, same
+result up to float rounding. channels_last is the layout oneDNN's convolutions run in
+natively, so no reorder happens around each conv. bf16 halves the memory traffic and
+doubles the arithmetic rate, but only where the hardware has it (AVX-512 BF16 or AMX on
+CPUs, Ampere or later on CUDA); elsewhere it is emulated and several times slower than
+fp32, so ``precision="auto"`` uses it only where it is native.
+
+Which BNs fold is found from the data flow (a `torch.fx` trace), not from names: a BN
+folds only when its input is the output of a convolution that nothing else reads. In the
+pre-activation networks a block's first BN reads the sum of the residual branch and the
+shortcut, and ``bn_final`` reads the last sum: those stay BatchNorms (running in eval
+mode), while the BNs that directly follow a conv inside the blocks fold.
+
+    fast = optimize_for_inference(model)          # an eval-mode copy; model is untouched
+    logits = fast(images)                         # float32 logits, under inference_mode
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import Counter
+
+import torch
+from torch import Tensor, fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from resnetlab.errors import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+_CONV_BN = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
+
+
+def bf16_is_native(device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` computes bf16 in hardware; emulated bf16 is slower than fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":
+        return False
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so guarded
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv, bn) module names where the BN reads only a conv's output and nothing else does.
+
+    Each module must be called exactly once in the forward pass: a shared module could
+    not be folded for one call site without changing the others.
+    """
+    try:
+        graph = fx.Tracer().trace(model)
+    except Exception as e:  # fx raises many types for data-dependent control flow
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"cannot trace {type(model).__name__} to find conv-BN pairs ({first}); "
+            "use fold_bn=False"
+        ) from None
+    modules = dict(model.named_modules())
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        bn, source = modules[node.target], node.args[0]
+        if not isinstance(source, fx.Node) or source.op != "call_module":
+            continue
+        conv = modules[source.target]
+        if (
+            _CONV_BN.get(type(conv)) is type(bn)
+            and bn.running_mean is not None  # track_running_stats=False: batch statistics
+            and conv.out_channels == bn.num_features
+            and len(source.users) == 1
+            and calls[source.target] == 1
+            and calls[node.target] == 1
+        ):
+            pairs.append((source.target, node.target))
+    return pairs
+
+
+def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
+    """Fold every foldable BN into its conv, in place; the BNs become `nn.Identity`.
+
+    The model must be in eval mode: folding bakes in the running statistics, which a
+    training-mode BN would not use. Returns the folded (conv, bn) names.
+    """
+    if model.training:
+        raise UserError("fold BatchNorm only in eval mode: call model.eval() first")
+    pairs = foldable_pairs(model)
+    for conv_name, bn_name in pairs:
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        model.set_submodule(conv_name, fuse_conv_bn_eval(conv, bn))
+        model.set_submodule(bn_name, nn.Identity())
+    return pairs
+
+
+class InferenceModel(nn.Module):
+    """Runs the optimised copy under `torch.inference_mode`, converting inputs and outputs.
+
+    Inputs of any float dtype and layout are accepted (converted to the model's dtype and
+    memory format); outputs are float32, so callers need not know which path ran.
+    Training it is refused: its BNs are folded and its weights may be bf16.
+    """
+
+    def __init__(
+        self, model: nn.Module, dtype: torch.dtype, channels_last: bool, compile: bool = False
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.folded: list[tuple[str, str]] = []
+        # Inductor with freezing fuses ReLUs and additions into oneDNN's convolutions and
+        # pre-packs their weights; each new input shape compiles again (tens of seconds).
+        # Kept out of the submodules, so modules() and state_dict() list each layer once.
+        compiled = torch.compile(model, options={"freezing": True}) if compile else None
+        object.__setattr__(self, "_compiled", compiled)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> InferenceModel:
+        if mode:
+            raise UserError("an optimised inference model cannot be trained; train the original")
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            fmt = torch.channels_last if self.channels_last and x.dim() == 4 else None
+            if fmt is not None:
+                x = x.to(dtype=self.dtype, memory_format=fmt)
+            else:
+                x = x.to(dtype=self.dtype)
+            if self._compiled is not None:
+                try:
+                    return self._compiled(x).float()
+                except Exception as e:  # no C++ compiler, an unsupported op, ...
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    warnings.warn(f"torch.compile failed, running eagerly: {first}", stacklevel=2)
+                    object.__setattr__(self, "_compiled", None)
+            return self.model(x).float()
+
+    def extra_repr(self) -> str:
+        fmt = "channels_last" if self.channels_last else "contiguous"
+        compiled = ", compiled" if self._compiled is not None else ""
+        return f"dtype={self.dtype}, memory_format={fmt}, folded_bn={len(self.folded)}{compiled}"
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """ "auto" is bf16 where the device has it natively, else fp32."""
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if bf16_is_native(device) else "fp32"
+    if precision == "bf16" and not bf16_is_native(device):
+        warnings.warn(
+            f"bf16 is emulated on this {torch.device(device).type}: expect it slower than fp32",
+            stacklevel=3,
+        )
+    return precision
+
+
+def optimize_for_inference(
+    model: nn.Module,
+    *,
+    precision: str = "auto",
+    channels_last: bool = True,
+    fold_bn: bool = True,
+    compile: bool = False,
+) -> InferenceModel:
+    """An eval-mode copy of ``model`` with BNs folded, channels_last and bf16 where native.
+
+    ``model`` itself (training mode, weights, device) is left as it was. The copy stays
+    on the model's device; ``precision="bf16"`` casts its weights (measured faster than
+    autocast, which re-casts every weight on every call). ``compile=True`` adds
+    `torch.compile` (inductor, freezing): faster for a long run of same-shaped batches,
+    but the first call of every new shape compiles for tens of seconds.
+    """
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    precision = resolve_precision(precision, device)
+    fast = copy.deepcopy(model).eval()
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    folded = fold_batchnorm(fast) if fold_bn else []
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    fast = fast.to(dtype=dtype)
+    if channels_last:
+        fast = fast.to(memory_format=torch.channels_last)
+    wrapper = InferenceModel(fast, dtype, channels_last, compile=compile)
+    wrapper.folded = folded
+    return wrapper
