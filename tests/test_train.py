@@ -390,7 +390,7 @@ def test_missing_names_and_torchrun_are_one_line_errors(
 ) -> None:
     assert main(["train", "--output-dir", str(tmp_path / "run")]) == 2
     assert "--model and --dataset are required" in capsys.readouterr().err
-    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun would set it: not supported yet
+    monkeypatch.setenv("WORLD_SIZE", "2")  # half a torchrun environment: no RANK, no MASTER_ADDR
     assert main(args(data_root, tmp_path / "run")) == 2
     assert "torchrun" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

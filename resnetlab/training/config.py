@@ -18,6 +18,10 @@ back to 0.1 (paper, section 4.2). The paper's 45k/5k split is ``val_split`` 5000
 A user's ``--epochs`` or ``--iterations`` replaces the recipe's length; the paper
 schedule's milestones sit at 50% and 75% of whatever the length is, so a short run
 keeps the shape of the long one.
+
+``precision`` "auto" and an unset ``channels_last`` are decided when the run starts, from
+the hardware (training/fast_path.py: bf16 only where it is native, channels_last on CPU
+and CUDA); config.json holds what the run used.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
 SCHEDULES = ("paper", "step", "cosine", "onecycle")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: see training/fast_path.py
 WARMUP_METHODS = ("linear", "constant")
 # Deep CIFAR ResNets need the paper's warm-up: "we use 0.01 to warm up the training
 # until the training error is below 80% (about 400 iterations), and then go back to 0.1".
@@ -73,8 +77,8 @@ class TrainConfig:
     seed: int = 0
     output_dir: str | None = None
     device: str = "auto"
-    precision: str = "fp32"
-    channels_last: bool = False
+    precision: str = "auto"  # resolved when the run starts (training/fast_path.py)
+    channels_last: bool | None = None  # None: resolved when the run starts, like precision
     compile: bool = False
     workers: int = 2
     augment: str | None = None
@@ -82,6 +86,10 @@ class TrainConfig:
     image_size: int | None = None  # folder datasets: train and eval crop
     resize_size: int | None = None  # folder datasets: eval resize before the centre crop
     print_freq: int = 50  # steps between progress updates (and finiteness checks)
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
+    # Processes the run trains with; batch_size is per process, so the global batch is
+    # batch_size * world_size. Set by `train` (a record, not a setting).
+    world_size: int = 1
 
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
@@ -289,6 +297,8 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"{key.replace('_', '-')} must not be negative, got {v}")
     if cfg.workers < 0:
         raise UserError(f"workers must not be negative, got {cfg.workers}")
+    if cfg.world_size < 1:
+        raise UserError(f"world_size must be at least 1, got {cfg.world_size}")
     if cfg.seed < 0:
         raise UserError(f"seed must not be negative, got {cfg.seed}")
     if cfg.momentum is not None and cfg.momentum >= 1:

@@ -69,22 +69,26 @@ def evaluate(
 
     Counts stay in device tensors and are read once at the end: no host sync per batch.
     With ``tta="flip"`` the softmax of the image and of its mirror image are averaged.
+    A loader sharded over processes (``world_size`` > 1, each sample on one rank, none
+    padded) gives every rank the sums over all shards: the numbers of one process.
     """
     was_training = model.training
     model.eval()
     k = min(5, num_classes)
-    loss_sum = correct1 = correct5 = confusion = None
-    n = 0
+    loss_sum = counts = None
+
+    def zeros(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # correct top-1, correct top-k, samples, then the confusion matrix: one all_reduce
+        counts = torch.zeros(3 + num_classes * num_classes, dtype=torch.int64, device=device)
+        return torch.zeros((), dtype=torch.float64, device=device), counts
+
     try:
         with torch.inference_mode():
             for x, y in loader:
-                if loss_sum is None:
-                    loss_sum = torch.zeros((), dtype=torch.float64, device=y.device)
-                    correct1 = torch.zeros((), dtype=torch.int64, device=y.device)
-                    correct5 = torch.zeros((), dtype=torch.int64, device=y.device)
-                    confusion = torch.zeros(
-                        num_classes * num_classes, dtype=torch.int64, device=y.device
-                    )
+                if counts is None:
+                    loss_sum, counts = zeros(y.device)
+                    correct1, correct5, seen = counts[:3]  # views into counts
+                    confusion = counts[3:]
                 with autocast(x.device.type, precision):
                     logits = model(x)
                     if tta == "flip":
@@ -99,12 +103,22 @@ def evaluate(
                 correct1 += hit[:, 0].sum()
                 correct5 += hit.any(dim=1).sum()
                 confusion += torch.bincount(y * num_classes + topk[:, 0], minlength=num_classes**2)
-                n += y.shape[0]
+                seen += y.shape[0]
     finally:
         model.train(was_training)
+    if counts is None:  # an empty split, or a rank whose shard is empty: it still sums
+        param = next(model.parameters(), None)
+        loss_sum, counts = zeros(param.device if param is not None else torch.device("cpu"))
+    if getattr(loader, "world_size", 1) > 1:
+        from resnetlab.training.distributed import sum_across_ranks
+
+        with torch.inference_mode():  # the sums are inference tensors: update them in it
+            sum_across_ranks(loss_sum)
+            sum_across_ranks(counts)
+    n = int(counts[2].item())
     if n == 0:
         raise UserError("nothing to evaluate: the split is empty")
-    matrix = confusion.view(num_classes, num_classes).cpu()
+    matrix = counts[3:].view(num_classes, num_classes).cpu()
     totals = matrix.sum(dim=1)
     per_class = [
         100.0 * matrix[i, i].item() / totals[i].item() if totals[i] > 0 else float("nan")
@@ -113,8 +127,8 @@ def evaluate(
     return EvalResult(
         num_samples=n,
         loss=loss_sum.item() / n,
-        top1=100.0 * correct1.item() / n,
-        top5=100.0 * correct5.item() / n,
+        top1=100.0 * counts[0].item() / n,
+        top5=100.0 * counts[1].item() / n,
         per_class=per_class,
         confusion=matrix.tolist(),
     )
@@ -206,6 +220,7 @@ def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict, str]:
 
 def run(args: argparse.Namespace) -> int:
     from resnetlab.data import build_loaders
+    from resnetlab.inference.fast import optimize_for_inference
     from resnetlab.reports.curves import plot_confusion
 
     path = Path(args.checkpoint).expanduser()
@@ -254,6 +269,8 @@ def run(args: argparse.Namespace) -> int:
     if loader is None:
         raise UserError(f"{dataset} has no {args.split} split")
     tta = None if args.tta == "none" else args.tta
+    # BatchNorm folded and channels_last (fp32; --precision still decides the autocast).
+    model = optimize_for_inference(model, precision="fp32")
     result = evaluate(
         model, loader, num_classes=bundle.num_classes, precision=args.precision, tta=tta
     )

@@ -6,6 +6,7 @@ checkpoints (last, and best by validation accuracy) in its output folder.
   resnetlab train --model mnist_cnn --dataset mnist --epochs 2
   resnetlab train --config my.yaml --lr 0.05                        # flags override the file
   resnetlab train --resume runs/resnet20-cifar10-20260101-120000    # continue where it stopped
+  torchrun --standalone --nproc-per-node 4 -m resnetlab train ...   # 4 GPUs, -b per GPU
 
 Unset options come from the recipe of the model and dataset (resnetlab/training/config.py
 has the table); config.json holds the resolved values and `--config` reads it back.
@@ -16,6 +17,7 @@ Exit status: 0 done, 2 bad input (nothing written), 3 the loss became NaN or inf
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -35,6 +37,7 @@ from torch import nn
 from resnetlab.errors import UserError
 from resnetlab.io import atomic_write_json, atomic_write_text
 from resnetlab.training import checkpoint as ckpt
+from resnetlab.training import distributed
 from resnetlab.training.config import (
     DATASET_CHOICES,
     DEVICES,
@@ -51,6 +54,7 @@ from resnetlab.training.config import (
 )
 from resnetlab.training.distributed import World, world_from_env
 from resnetlab.training.evaluate import autocast, check_precision, evaluate, resolve_device
+from resnetlab.training.fast_path import native_bf16, resolve_fast_path
 from resnetlab.training.optim import build_optimizer
 from resnetlab.training.schedule import LrSchedule, build_scheduler
 
@@ -132,9 +136,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --output-dir")
     p.add_argument("--device", choices=DEVICES, help="default: auto (CUDA if present)")
-    p.add_argument("--precision", choices=PRECISIONS, help="default: fp32; fp16 needs CUDA")
-    p.add_argument("--channels-last", action=flag)
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="default: auto (bf16 where the hardware has it natively, else fp32); fp16 needs CUDA",
+    )
+    p.add_argument(
+        "--channels-last", action=flag, help="NHWC memory format (default: on for CPU and CUDA)"
+    )
     p.add_argument("--compile", action=flag, help="torch.compile the model")
+    p.add_argument(
+        "--sync-bn",
+        action="store_true",
+        default=None,
+        help="BatchNorm statistics over all processes (torchrun, CUDA only)",
+    )
     p.add_argument("-j", "--workers", type=int, help="loader processes (default: 2)")
     p.add_argument("--augment", help="crop-flip, flip, cutout or none")
     p.add_argument("--skip-bad-images", action="store_true", default=None)
@@ -145,27 +161,96 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """One process, or one of torchrun's: every rank runs this with the same flags.
+
+    Everything that can refuse the input happens before the processes meet, so a bad
+    flag is one line (from local rank 0) and exit 2 on every rank, never a hang.
+    """
     world = world_from_env()
-    if world.world_size > 1:
-        raise UserError("several processes (torchrun) are not supported yet; run one process")
-    flags = {k: getattr(args, k) for k in FIELD_NAMES if getattr(args, k, None) is not None}
-    if args.resume:
-        if args.overwrite:
-            raise UserError("--resume continues a run and --overwrite replaces it: pick one")
-        out_dir = Path(args.resume).expanduser()
-        cfg, state = prepare_resume(out_dir, flags, args.config)
-        if (out_dir / "summary.json").is_file():
-            print(f"{out_dir} holds a finished run; nothing to resume")
-            return 0
-    else:
-        cfg = resolve_config(load_config_file(args.config) if args.config else {}, flags)
-        out_dir = Path(cfg.output_dir).expanduser()
-        check_output_dir(out_dir, args.overwrite)
-        state = None
-    train(
-        cfg, out_dir, state=state, world=world, overwrite=args.overwrite, resume=bool(args.resume)
-    )
+    try:
+        flags = {k: getattr(args, k) for k in FIELD_NAMES if getattr(args, k, None) is not None}
+        if args.resume:
+            if args.overwrite:
+                raise UserError("--resume continues a run and --overwrite replaces it: pick one")
+            out_dir = Path(args.resume).expanduser()
+            cfg, state = prepare_resume(out_dir, flags, args.config)
+            if (out_dir / "summary.json").is_file():
+                if world.is_main:
+                    print(f"{out_dir} holds a finished run; nothing to resume")
+                return 0
+            resplit_batch(cfg, world)
+        else:
+            cfg = resolve_config(load_config_file(args.config) if args.config else {}, flags)
+            out_dir = Path(cfg.output_dir).expanduser()
+            check_output_dir(out_dir, args.overwrite)
+            state = None
+        device = resolve_device(cfg.device)
+        check_precision(cfg.precision, device)
+        distributed.check_sync_bn(cfg.sync_bn, device)
+    except UserError as e:
+        if world.local_rank != 0:  # every rank read the same flags and files: one says so
+            raise SystemExit(e.exit_code) from None
+        raise
+    quiet = open(os.devnull, "w") if not world.is_main else None  # noqa: SIM115
+    try:
+        with (
+            contextlib.redirect_stdout(quiet or sys.stdout),  # tqdm and print: rank 0 only
+            distributed.process_group(world, device),
+        ):
+            if cfg.download and world.world_size > 1:
+                download_once(cfg, world)
+            train(
+                cfg,
+                out_dir,
+                state=state,
+                world=world,
+                overwrite=args.overwrite,
+                resume=bool(args.resume),
+            )
+    except (KeyboardInterrupt, TrainingDiverged) as e:
+        if not world.is_main:  # every rank stops at the same step; rank 0 says it
+            raise SystemExit(getattr(e, "exit_code", 130)) from None
+        raise
+    except UserError as e:
+        if not world.is_main:  # this rank's own trouble (e.g. an image in its shard)
+            e.args = (f"rank {world.rank}: {e}",)
+        raise
+    finally:
+        if quiet is not None:
+            quiet.close()
     return 0
+
+
+def resplit_batch(cfg: TrainConfig, world: World) -> None:
+    """A resumed run keeps its global batch: the per-process batch follows the world size.
+
+    So a run of 2 processes x 64 continues as 1 x 128 or 4 x 32 (the same steps, the same
+    schedule), and a global batch that does not split evenly is refused.
+    """
+    if cfg.world_size == world.world_size:
+        return
+    global_batch = cfg.batch_size * cfg.world_size
+    if global_batch % world.world_size:
+        raise UserError(
+            f"the run's global batch {global_batch} ({cfg.world_size} processes x "
+            f"{cfg.batch_size}) does not split over {world.world_size} processes"
+        )
+    cfg.batch_size, cfg.world_size = global_batch // world.world_size, world.world_size
+
+
+def download_once(cfg: TrainConfig, world: World) -> None:
+    """--download under torchrun: each machine's first process fetches, the others wait."""
+    import torch.distributed as dist
+
+    from resnetlab.data.arrays import load_arrays
+    from resnetlab.data.info import get_info
+    from resnetlab.data.root import resolve_root
+
+    if world.local_rank == 0 and cfg.dataset != "folder":
+        name = get_info(cfg.dataset).name
+        for split_is_train in (True, False):
+            load_arrays(name, resolve_root(cfg.data_path), train=split_is_train, download=True)
+    dist.barrier()
 
 
 def resolve_config(file_values: dict[str, Any], flags: dict[str, Any]) -> TrainConfig:
@@ -243,10 +328,13 @@ def prepare_resume(
             raise UserError(
                 f"{state_file} is a checkpoint of {state['meta'].get('model')}, not {cfg.model}"
             )
-        saved = {
-            k: v for k, v in state["config"].items() if k not in (*RESUME_OVERRIDES, "output_dir")
-        }
-        now = {k: v for k, v in asdict(cfg).items() if k not in (*RESUME_OVERRIDES, "output_dir")}
+        # The state holds the per-process batch of its last world size: compare global batches.
+        skip = (*RESUME_OVERRIDES, "output_dir", "batch_size", "world_size")
+        state_cfg = {"sync_bn": False, "world_size": 1, **state["config"]}  # older states
+        saved = {k: v for k, v in state_cfg.items() if k not in skip}
+        now = {k: v for k, v in asdict(cfg).items() if k not in skip}
+        if state_cfg["batch_size"] * state_cfg["world_size"] != cfg.batch_size * cfg.world_size:
+            now["batch_size"], saved["batch_size"] = cfg.batch_size, None
         if saved != now:
             diff = sorted(k for k in now if saved.get(k) != now[k])
             raise UserError(f"{state_file} and config.json disagree on {', '.join(diff)}")
@@ -273,8 +361,15 @@ def train(
 
     world = world or World()
     log = print if world.is_main else _quiet
-    device = resolve_device(cfg.device)
-    check_precision(cfg.precision, device)
+    if world.world_size > 1 and not distributed.active():
+        raise RuntimeError("train() of several processes runs inside distributed.process_group")
+    device = distributed.local_device(world, resolve_device(cfg.device))
+    resolve_fast_path(cfg, device)  # "auto" precision / channels_last -> this hardware's best
+    distributed.check_sync_bn(cfg.sync_bn, device)
+    if resume:
+        resplit_batch(cfg, world)  # the run's global batch, over this many processes
+    else:
+        cfg.world_size = world.world_size
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     seed_everything(cfg.seed)
@@ -305,6 +400,8 @@ def train(
         )
     model = create_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
     check_input(model, cfg.model, cfg.dataset, tuple(bundle.input_size), bundle.num_classes)
+    if cfg.sync_bn:  # same parameter and buffer names: checkpoints stay plain BatchNorm ones
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     # The length: iterations decide when given, epochs follow (the last one may be partial).
     steps_per_epoch = len(bundle.train)
@@ -381,16 +478,26 @@ def train(
             remove_run_files(out_dir)
         atomic_write_json(out_dir / "config.json", asdict(cfg))
 
+    # Training steps go through DDP (gradients averaged over the ranks); evaluation through
+    # the bare model, each rank over its own shard, summed by evaluate().
     net = torch.compile(model) if cfg.compile else model
+    ddp = distributed.wrap(model, device)
+    train_net = net if ddp is model else torch.compile(ddp) if cfg.compile else ddp
     log(
-        f"{cfg.model} on {cfg.dataset}: {bundle.train.num_samples} train / "
-        f"{bundle.val.num_samples if bundle.val else 0} val / "
-        f"{bundle.test.num_samples if bundle.test else 0} test images, {cfg.epochs} epochs "
+        f"{cfg.model} on {cfg.dataset}: {bundle.train.dataset_size} train / "
+        f"{bundle.val.dataset_size if bundle.val else 0} val / "
+        f"{bundle.test.dataset_size if bundle.test else 0} test images, {cfg.epochs} epochs "
         f"({total} iterations, {steps_per_epoch} per epoch), {cfg.schedule} schedule, lr {cfg.lr}, "
         f"device {device}, {cfg.precision} -> {out_dir}"
     )
-    if cfg.precision == "bf16" and device.type == "cpu" and not _cpu_has_bf16():
-        log("note: this CPU has no native bf16, so bf16 runs slower than fp32 here")
+    if world.world_size > 1:
+        log(
+            f"{world.world_size} processes x batch {cfg.batch_size} = global batch "
+            f"{world.world_size * cfg.batch_size}; lr {cfg.lr} as given (not scaled with the "
+            "batch: see docs/distributed.md)"
+        )
+    if cfg.precision == "bf16" and not native_bf16(device):
+        log(f"note: this {device.type} has no native bf16, so bf16 runs slower than fp32 here")
     if eval_loader is None:
         log("no validation or test split: only training numbers are shown, and no best is kept")
     elif eval_split == "test":
@@ -406,7 +513,7 @@ def train(
         t0 = time.perf_counter()
         bundle.train.set_epoch(epoch)
         stats = train_one_epoch(
-            net,
+            train_net,
             bundle.train,
             optimizer,
             scheduler,
@@ -423,6 +530,8 @@ def train(
             out_dir=out_dir,
         )
         train_seconds = time.perf_counter() - t0
+        stats = distributed.reduce_epoch_stats(stats, device)  # every rank's samples
+        distributed.broadcast_buffers(model)  # all ranks evaluate (and rank 0 saves) one model
         ev = None
         if eval_loader is not None:
             ev = evaluate(net, eval_loader, num_classes=bundle.num_classes, precision=cfg.precision)
@@ -524,7 +633,7 @@ def train_one_epoch(
 
     def check() -> tuple[float, float]:
         """The one host sync: running loss and accuracy, and stop on a non-finite loss."""
-        bad = int(first_bad.item())
+        bad = distributed.earliest_across_ranks(first_bad)  # all ranks stop together
         if bad >= 0:
             bar.close()
             lr = lr_at(bad)
@@ -759,14 +868,6 @@ def _hms(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
-def _cpu_has_bf16() -> bool:
-    """Native bf16 matmul/conv (AVX512-BF16 or AMX); without it oneDNN emulates bf16 slowly."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return True  # unknown: say nothing
 
 
 def _quiet(*args: Any, **kwargs: Any) -> None:

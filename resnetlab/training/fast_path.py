@@ -1,0 +1,56 @@
+"""What ``--precision auto`` and an unset ``--channels-last`` become on this hardware.
+
+Decided when the run starts, from what the device reports, never assumed, and written
+to config.json as the resolved value (so a resumed run keeps it):
+
+* precision: bf16 autocast where the hardware computes bf16 natively (x86 CPUs with
+  AVX512-BF16 or AMX, CUDA devices of compute capability 8.0 or later), else fp32.
+  Without native support oneDNN emulates bf16 and a ResNet-20 step is 10-30x slower
+  than fp32 (measured on an AVX2-only EPYC VM: docs/performance.md).
+* channels_last: on for CPU and CUDA. oneDNN and cuDNN run NHWC convolutions without
+  the layout reorders NCHW needs (ResNet-20 training on CPU: 1.2-3x).
+
+Neither changes results beyond bf16 rounding: tests/test_fast_path.py compares both
+with the plain fp32 NCHW path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from resnetlab.errors import UserError
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True where bf16 matmuls and convolutions run in hardware, not emulated."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type == "cpu":
+        # x86 only: torch reports AVX512-BF16 and AMX through cpuinfo; other CPUs stay fp32.
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """ "auto" -> "bf16" where native, else "fp32"; an explicit choice is checked and kept."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs CUDA (it relies on a GradScaler); use bf16 on CPU")
+    return precision
+
+
+def resolve_channels_last(channels_last: bool | None, device: torch.device) -> bool:
+    """None (unset) -> on for CPU and CUDA convolutions; an explicit choice is kept."""
+    if channels_last is None:
+        return device.type in ("cpu", "cuda")
+    return channels_last
+
+
+def resolve_fast_path(cfg: Any, device: torch.device) -> None:
+    """Set ``cfg.precision`` and ``cfg.channels_last`` to what this run will use."""
+    cfg.precision = resolve_precision(cfg.precision, device)
+    cfg.channels_last = resolve_channels_last(cfg.channels_last, device)
