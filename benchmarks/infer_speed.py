@@ -31,7 +31,8 @@ import torch
 import torchvision
 from torch import nn
 
-from resnetlab.inference.fast import bf16_is_native, optimize_for_inference
+from resnetlab.device import native_bf16
+from resnetlab.inference.fast import optimize_for_inference
 from resnetlab.reports.summary import count_macs
 
 TARGET = 2.2  # the target for ResNet-50, batch 32, 224x224 (assumes native bf16)
@@ -144,7 +145,7 @@ def speed(args: argparse.Namespace) -> None:
             f" {100 * achieved / fp32_gflops:.0f}% of the fp32 matmul, "
             f"{100 * achieved / bf16_gflops:.0f}% of the bf16 matmul"
         )
-    if not bf16_is_native("cpu"):
+    if not native_bf16("cpu"):
         ceiling = fp32_gflops / (ips["torchvision"] * gflop)
         print(
             "  no native bf16 on this CPU (no AVX-512 BF16 / AMX), which the target assumes; "
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads; "
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"Python {platform.python_version()}; native bf16: {bf16_is_native('cpu')}"
+        f"Python {platform.python_version()}; native bf16: {native_bf16('cpu')}"
     )
     print(f"load average at start: {load()}")
     print(

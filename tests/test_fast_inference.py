@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from resnetlab.device import native_bf16
 from resnetlab.errors import UserError
 from resnetlab.inference.fast import (
     InferenceModel,
-    bf16_is_native,
     fold_batchnorm,
     optimize_for_inference,
 )
@@ -192,7 +192,7 @@ def test_bf16_path_agrees_with_fp32():
     x = torch.randn(64, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)
-    native = bf16_is_native("cpu")
+    native = native_bf16("cpu")
     ctx = contextlib.nullcontext() if native else pytest.warns(UserWarning, match="emulated")
     with ctx:
         fast = optimize_for_inference(model, precision="bf16")
@@ -208,7 +208,7 @@ def test_auto_precision_follows_the_hardware():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # auto never warns: it only picks native bf16
         fast = optimize_for_inference(create_model("resnet20"), precision="auto")
-    expected = torch.bfloat16 if bf16_is_native("cpu") else torch.float32
+    expected = torch.bfloat16 if native_bf16("cpu") else torch.float32
     assert fast.dtype == expected
 
 

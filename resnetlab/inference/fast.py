@@ -29,23 +29,12 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from resnetlab.device import native_bf16
 from resnetlab.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
 _CONV_BN = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
-
-
-def bf16_is_native(device: torch.device | str = "cpu") -> bool:
-    """Whether ``device`` computes bf16 in hardware; emulated bf16 is slower than fp32."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type != "cpu":
-        return False
-    cpu = torch.cpu
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so guarded
-    return any(getattr(cpu, name, lambda: False)() for name in checks)
 
 
 def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
@@ -155,8 +144,8 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
-        return "bf16" if bf16_is_native(device) else "fp32"
-    if precision == "bf16" and not bf16_is_native(device):
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision == "bf16" and not native_bf16(device):
         warnings.warn(
             f"bf16 is emulated on this {torch.device(device).type}: expect it slower than fp32",
             stacklevel=3,

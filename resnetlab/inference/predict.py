@@ -236,8 +236,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from resnetlab.device import resolve_device
     from resnetlab.models.weights import load_checkpoint
-    from resnetlab.training.evaluate import resolve_device
 
     try:
         device = resolve_device(args.device)

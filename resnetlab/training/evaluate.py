@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnetlab.device import check_precision, resolve_device
 from resnetlab.errors import UserError
 
 
@@ -166,20 +167,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--output-dir", help="where the confusion-matrix PNG goes (default: the run folder)"
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-
-
-def resolve_device(name: str) -> torch.device:
-    """ "auto" is CUDA when present, else CPU; asking for an absent CUDA is a UserError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here")
-    return torch.device(name)
-
-
-def check_precision(precision: str, device: torch.device) -> None:
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs CUDA (it relies on a GradScaler); use bf16 on CPU")
 
 
 def _run_config(path: Path) -> tuple[Path, dict]:

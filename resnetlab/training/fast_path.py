@@ -20,26 +20,16 @@ from typing import Any
 
 import torch
 
-from resnetlab.errors import UserError
+from resnetlab.device import check_precision, native_bf16
 
-
-def native_bf16(device: torch.device) -> bool:
-    """True where bf16 matmuls and convolutions run in hardware, not emulated."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device) >= (8, 0)
-    if device.type == "cpu":
-        # x86 only: torch reports AVX512-BF16 and AMX through cpuinfo; other CPUs stay fp32.
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
-    return False
+__all__ = ["native_bf16", "resolve_channels_last", "resolve_fast_path", "resolve_precision"]
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """ "auto" -> "bf16" where native, else "fp32"; an explicit choice is checked and kept."""
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs CUDA (it relies on a GradScaler); use bf16 on CPU")
+    check_precision(precision, device)
     return precision
 
 

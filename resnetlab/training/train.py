@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from resnetlab.device import check_precision, native_bf16, resolve_device
 from resnetlab.errors import UserError
 from resnetlab.io import atomic_write_json, atomic_write_text
 from resnetlab.training import checkpoint as ckpt
@@ -53,8 +54,8 @@ from resnetlab.training.config import (
     validate,
 )
 from resnetlab.training.distributed import World, world_from_env
-from resnetlab.training.evaluate import autocast, check_precision, evaluate, resolve_device
-from resnetlab.training.fast_path import native_bf16, resolve_fast_path
+from resnetlab.training.evaluate import autocast, evaluate
+from resnetlab.training.fast_path import resolve_fast_path
 from resnetlab.training.optim import build_optimizer
 from resnetlab.training.schedule import LrSchedule, build_scheduler
 
