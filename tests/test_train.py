@@ -152,7 +152,9 @@ def test_a_run_leaves_config_metrics_summary_curves_and_checkpoints(
     assert all(
         "train loss" in line and "val loss" in line and "img/s" in line for line in epoch_lines
     )
-    assert "total time" in stdout.splitlines()[-1]
+    assert "total time" in stdout.splitlines()[-2]
+    assert str(run / "summary.json") in stdout.splitlines()[-1]  # where to look next
+    assert str(run / "curves.png") in stdout.splitlines()[-1]
     assert "\r" not in stdout and "\x1b" not in stdout  # not a terminal: plain lines only
 
 

@@ -582,6 +582,7 @@ def train(
     if world.is_main:
         atomic_write_json(out_dir / "summary.json", summary)
     log(f"total time {_hms(status['elapsed'])}; " + _summary_line(summary))
+    log(f"results: {out_dir / 'summary.json'}, curves: {out_dir / 'curves.png'}")
     return summary
 
 
