@@ -23,6 +23,7 @@ from pathlib import Path
 from resnetlab.errors import UserError
 from resnetlab.io import atomic_write, atomic_write_text
 from resnetlab.reports.experiment import Experiment, load_experiment
+from resnetlab.training.config import model_depth
 
 
 @dataclass
@@ -182,7 +183,7 @@ def plot_degradation(runs: list[RunResult], path: Path) -> None:
     for ax, (kind, title) in zip(axes, panels, strict=True):
         chosen = [r for r in runs if (r.family == "plain") == (kind == "plain") and r.metrics]
         colors: dict[str, str] = {}
-        for r in sorted(chosen, key=lambda r: depth_of(r.model)):
+        for r in sorted(chosen, key=lambda r: model_depth(r.model)):
             label = None if r.model in colors else r.model  # one legend entry per model
             color = colors.setdefault(r.model, f"C{len(colors)}")
             its = [m["iteration"] / 1e4 for m in r.metrics]
@@ -227,8 +228,3 @@ def plot_all_curves(runs: list[RunResult], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
-
-
-def depth_of(model: str) -> int:
-    digits = "".join(ch for ch in model if ch.isdigit())
-    return int(digits) if digits else 0

@@ -95,7 +95,8 @@ class TrainConfig:
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
 
-def _depth(model: str) -> int:
+def model_depth(model: str) -> int:
+    """The depth in a model's name (resnet110 -> 110); 0 for names without one."""
     found = re.search(r"(\d+)$", model)
     return int(found.group(1)) if found else 0
 
@@ -136,7 +137,7 @@ def recipe(model: str, family: str, dataset: str) -> dict[str, Any]:
             "schedule": "paper",
             "val_split": 5000,
         }
-        if _depth(model) >= PAPER_WARMUP_DEPTH:
+        if model_depth(model) >= PAPER_WARMUP_DEPTH:
             out.update(
                 warmup_iterations=PAPER_WARMUP_ITERATIONS,
                 warmup_method="constant",
