@@ -26,7 +26,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 from torchvision.transforms import v2
 
 from resnetlab.data.info import FOLDER_MEAN, FOLDER_STD
-from resnetlab.data.order import AUGMENT_STREAM, eval_indices, num_batches, seed_of, train_indices
+from resnetlab.data.order import AUGMENT_STREAM, EpochShards, seed_of
 from resnetlab.data.split import holdout_split
 from resnetlab.errors import UserError
 
@@ -145,7 +145,7 @@ def eval_transform(image_size: int, resize_size: int) -> v2.Compose:
     )
 
 
-class FolderLoader:
+class FolderLoader(EpochShards):
     """The `Loader` protocol over a ClassFolder: order from (seed, epoch), rank shards.
 
     A file that cannot be decoded stops iteration with a line naming it, unless
@@ -197,22 +197,9 @@ class FolderLoader:
         else:
             self.num_samples = len(range(rank, self.dataset_size, world_size))
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select epoch ``epoch``'s order and augmentation; eval loaders ignore it."""
-        if epoch < 0:
-            raise ValueError(f"epoch must not be negative, got {epoch}")
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return num_batches(self.num_samples, self.batch_size, self.drop_last)
-
     def indices(self, epoch: int | None = None) -> Tensor:
         """Dataset indices this rank visits in ``epoch``, in order."""
-        epoch = self.epoch if epoch is None else epoch
-        if self.train:
-            pos = train_indices(self.dataset_size, self.seed, epoch, self.rank, self.world_size)
-        else:
-            pos = eval_indices(self.dataset_size, self.rank, self.world_size)
+        pos = super().indices(epoch)
         return self.subset[pos] if self.subset is not None else pos
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:

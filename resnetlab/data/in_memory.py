@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from resnetlab.data.order import AUGMENT_STREAM, eval_indices, generator, num_batches
-from resnetlab.data.order import train_indices as shard_train_indices
+from resnetlab.data.order import AUGMENT_STREAM, EpochShards, generator
 from resnetlab.errors import UserError
 
 AUGMENTS = ("crop-flip", "crop", "flip", "none", "cutout")
@@ -43,7 +42,7 @@ def check_positive(**numbers: int) -> None:
             raise UserError(f"{name.replace('_', '-')} must be positive, got {value}")
 
 
-class InMemoryLoader:
+class InMemoryLoader(EpochShards):
     """Batches ``(x, y)`` of a uint8 ``[N, C, H, W]`` dataset, augmented on the device.
 
     ``train=True`` shuffles (a new permutation per epoch, see `set_epoch`), shards
@@ -138,22 +137,6 @@ class InMemoryLoader:
         """The dataset, uint8 ``[N, C, H, W]`` (a view)."""
         c, h, w = self.image_shape
         return self._pixels[:, :, : h * w].unflatten(2, (h, w))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select epoch ``epoch``'s order and augmentation; eval loaders ignore it."""
-        if epoch < 0:
-            raise ValueError(f"epoch must not be negative, got {epoch}")
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return num_batches(self.num_samples, self.batch_size, self.drop_last)
-
-    def indices(self, epoch: int | None = None) -> Tensor:
-        """Sample indices this rank visits in ``epoch``, in order (CPU int64)."""
-        if not self.train:
-            return eval_indices(self.dataset_size, self.rank, self.world_size)
-        epoch = self.epoch if epoch is None else epoch
-        return shard_train_indices(self.dataset_size, self.seed, epoch, self.rank, self.world_size)
 
     def augment_params(self, epoch: int | None = None) -> AugmentParams:
         """The crop offsets, flips and cutout centres of every sample in ``epoch``.

@@ -56,3 +56,37 @@ def eval_indices(n: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
 def num_batches(num_samples: int, batch_size: int, drop_last: bool) -> int:
     """Batches per epoch: the partial last batch counts unless ``drop_last``."""
     return num_samples // batch_size if drop_last else -(-num_samples // batch_size)
+
+
+class EpochShards:
+    """What every loader shares: the selected epoch, this rank's order in it, its length.
+
+    Subclasses set ``train``, ``seed``, ``epoch``, ``rank``, ``world_size``,
+    ``dataset_size``, ``num_samples``, ``batch_size`` and ``drop_last``.
+    """
+
+    train: bool
+    seed: int
+    epoch: int
+    rank: int
+    world_size: int
+    dataset_size: int
+    num_samples: int
+    batch_size: int
+    drop_last: bool
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select epoch ``epoch``'s order and augmentation; eval loaders ignore it."""
+        if epoch < 0:
+            raise ValueError(f"epoch must not be negative, got {epoch}")
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return num_batches(self.num_samples, self.batch_size, self.drop_last)
+
+    def indices(self, epoch: int | None = None) -> torch.Tensor:
+        """Positions (0 .. dataset_size - 1) this rank visits in ``epoch``, in order."""
+        if not self.train:
+            return eval_indices(self.dataset_size, self.rank, self.world_size)
+        epoch = self.epoch if epoch is None else epoch
+        return train_indices(self.dataset_size, self.seed, epoch, self.rank, self.world_size)
