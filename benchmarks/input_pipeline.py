@@ -49,7 +49,8 @@ def time_fast(images, labels, batch_size: int, epoch: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def time_torchvision(root: Path, batch_size: int, workers: int, n_images: int, seed: int) -> float:
+def tutorial_train_set(root: Path) -> _CIFAR10:
+    """CIFAR-10 train as the PyTorch tutorial and akamaster's repo read it: per-image transforms."""
     info = DATASETS["cifar10"]
     transform = T.Compose(
         [
@@ -59,7 +60,11 @@ def time_torchvision(root: Path, batch_size: int, workers: int, n_images: int, s
             T.Normalize(info.mean, info.std),
         ]
     )
-    dataset = _CIFAR10(str(root), train=True, transform=transform)
+    return _CIFAR10(str(root), train=True, transform=transform)
+
+
+def time_torchvision(root: Path, batch_size: int, workers: int, n_images: int, seed: int) -> float:
+    dataset = tutorial_train_set(root)
     g = torch.Generator().manual_seed(seed)
     subset = Subset(dataset, torch.randperm(len(dataset), generator=g)[:n_images].tolist())
     loader = DataLoader(subset, batch_size=batch_size, shuffle=True, num_workers=workers)

@@ -37,12 +37,11 @@ from pathlib import Path
 
 import torch
 import torchvision
-import torchvision.transforms as T
 from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from resnetlab.data import DATASETS, build_loaders
+from resnetlab.data import build_loaders
 from resnetlab.data.root import default_data_root
 from resnetlab.models import create_model
 from resnetlab.reports.summary import count_macs
@@ -52,7 +51,7 @@ from resnetlab.training.schedule import LrSchedule, build_scheduler
 from resnetlab.training.train import resolve_config, train_one_epoch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from input_pipeline import _CIFAR10  # noqa: E402  (torchvision's CIFAR10 minus the MD5 check)
+from input_pipeline import tutorial_train_set  # noqa: E402  (the baseline's dataset)
 
 BATCH = 128
 
@@ -187,16 +186,7 @@ class Baseline:
     """The tutorial's / akamaster's loop: per-image transforms in a DataLoader, fp32, NCHW."""
 
     def __init__(self, name: str, root: Path, workers: int) -> None:
-        info = DATASETS["cifar10"]
-        transform = T.Compose(
-            [
-                T.RandomCrop(32, padding=4),
-                T.RandomHorizontalFlip(),
-                T.ToTensor(),
-                T.Normalize(info.mean, info.std),
-            ]
-        )
-        dataset = _CIFAR10(str(root), train=True, transform=transform)
+        dataset = tutorial_train_set(root)
         self.loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers)
         torch.manual_seed(0)
         self.model = create_model(name, num_classes=10, in_channels=3)
