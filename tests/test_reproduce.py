@@ -56,7 +56,6 @@ def test_unknown_names_are_user_errors():
 def test_epochs_scale_keeps_the_schedule_shape():
     """A tenth of the run: lr drops still at 50% and 75%, warm-up a tenth as long."""
     from resnetlab.reports.reproduce import resolve_run
-    from resnetlab.training.schedule import LrSchedule  # noqa: F401  (the schedule is training's)
 
     spec = next(r for r in expand(load_experiment("cifar10-table")) if r.model == "resnet110")
     full = resolve_run(spec, Path("unused"), {}, 1.0)
