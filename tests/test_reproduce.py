@@ -127,3 +127,20 @@ def test_report_of_a_missing_folder_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no such experiment folder" in err[0]
+
+
+def test_cifar10_fast_runs_the_fast_recipe_over_seeds(tmp_path):
+    from resnetlab.reports.reproduce import resolve_run
+
+    exp = load_experiment("cifar10-fast")
+    specs = expand(exp, seeds=3)
+    assert [s.name for s in specs] == [f"resnet20-seed{i}" for i in range(3)]
+    cfg = resolve_run(specs[2], tmp_path / "run", {}, 1.0)
+    assert (cfg.recipe, cfg.epochs, cfg.model_ema, cfg.tta, cfg.seed) == (
+        "fast",
+        30,
+        True,
+        "flip",
+        2,
+    )
+    assert exp.published_error("resnet20") == TABLE6["resnet20"]

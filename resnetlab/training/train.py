@@ -4,6 +4,7 @@ checkpoints (last, and best by validation accuracy) in its output folder.
   resnetlab train --model resnet20 --dataset cifar10 --download     # the paper's recipe, 64k it.
   resnetlab train --model resnet110 --dataset cifar10 --epochs 30   # shorter, same lr shape
   resnetlab train --model mnist_cnn --dataset mnist --epochs 2
+  resnetlab train --model resnet20 --dataset cifar10 --recipe fast  # 30 epochs, EMA, flip TTA
   resnetlab train --config my.yaml --lr 0.05                        # flags override the file
   resnetlab train --resume runs/resnet20-cifar10-20260101-120000    # continue where it stopped
   torchrun --standalone --nproc-per-node 4 -m resnetlab train ...   # 4 GPUs, -b per GPU
@@ -26,6 +27,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +35,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from resnetlab.device import check_precision, native_bf16, resolve_device
 from resnetlab.errors import UserError
@@ -45,7 +48,9 @@ from resnetlab.training.config import (
     FIELD_NAMES,
     OPTIMIZERS,
     PRECISIONS,
+    RECIPES,
     SCHEDULES,
+    TTA_CHOICES,
     WARMUP_METHODS,
     TrainConfig,
     fill_recipe,
@@ -54,6 +59,7 @@ from resnetlab.training.config import (
     validate,
 )
 from resnetlab.training.distributed import World, world_from_env
+from resnetlab.training.ema import create_ema
 from resnetlab.training.evaluate import autocast, evaluate
 from resnetlab.training.fast_path import resolve_fast_path
 from resnetlab.training.optim import build_optimizer
@@ -78,6 +84,7 @@ METRICS_COLUMNS = (
     "eval_split",
     "eval_loss",
     "eval_acc",
+    "raw_eval_acc",  # with --model-ema: the accuracy of the weights themselves, not the average
     "seconds",
     "images_per_s",
 )
@@ -101,6 +108,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # Every default is None: unset means "the config file's, else the recipe's".
     flag = argparse.BooleanOptionalAction
     p.add_argument("--model", help="a registered model (see `resnetlab models`)")
+    p.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        help="the defaults of unset options: default (the paper's where it has one) or fast",
+    )
     p.add_argument("--dataset", choices=DATASET_CHOICES)
     p.add_argument("--data-path", help="dataset root (default: $RESNETLAB_DATA or ./data)")
     p.add_argument("--download", action="store_true", default=None, help="download if missing")
@@ -131,6 +143,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-step-size", type=int, help="epochs between decays (step schedule)")
     p.add_argument("--lr-gamma", type=float, help="decay factor (paper and step schedules)")
     p.add_argument("--label-smoothing", type=float)
+    p.add_argument(
+        "--model-ema",
+        action=flag,
+        help="evaluate and save an exponential moving average of the weights",
+    )
+    p.add_argument("--model-ema-decay", type=float, help="EMA decay per optimizer step")
+    p.add_argument("--model-ema-steps", type=int, help="optimizer steps between EMA updates")
+    p.add_argument("--tta", choices=TTA_CHOICES, help="test-time augmentation of evaluations")
     p.add_argument("--val-split", type=int, help="images held out of train for validation")
     p.add_argument("--seed", type=int, help="model init, data order and split (default: 0)")
     p.add_argument("--output-dir", help="default: runs/MODEL-DATASET-TIMESTAMP")
@@ -418,6 +438,9 @@ def train(
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    # With an EMA, the average is what gets evaluated and saved (last/best.safetensors).
+    ema = create_ema(model, cfg.model_ema_decay, cfg.model_ema_steps) if cfg.model_ema else None
+    published = ema.module if ema is not None else model
     optimizer = build_optimizer(
         model, cfg.opt, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.no_wd_norm_bias
     )
@@ -446,6 +469,7 @@ def train(
         "input_size": list(bundle.input_size),
         "resize_size": bundle.resize_size,
         "resnetlab_version": __version__,
+        "weights": "ema" if ema is not None else "model",  # which weights the files hold
     }
 
     eval_loader, eval_split = (
@@ -467,12 +491,16 @@ def train(
         from resnetlab.models.weights import load_into
 
         load_into(model, state["model"], source=f"weights in {out_dir / ckpt.STATE_FILE}")
+        if ema is not None:
+            if "model_ema" not in state:
+                raise UserError(f"{out_dir / ckpt.STATE_FILE} holds no EMA weights")
+            ema.load_state_dict(state["model_ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         status = state["run"]
         if world.is_main:
-            repair_run_files(out_dir, model, meta, status)
+            repair_run_files(out_dir, published, meta, status)
         log(f"resuming {out_dir} after epoch {status['epoch']} (iteration {status['iteration']})")
     elif world.is_main and not resume:
         if overwrite:
@@ -484,6 +512,7 @@ def train(
     net = torch.compile(model) if cfg.compile else model
     ddp = distributed.wrap(model, device)
     train_net = net if ddp is model else torch.compile(ddp) if cfg.compile else ddp
+    tta = None if cfg.tta == "none" else cfg.tta
     log(
         f"{cfg.model} on {cfg.dataset}: {bundle.train.dataset_size} train / "
         f"{bundle.val.dataset_size if bundle.val else 0} val / "
@@ -509,6 +538,7 @@ def train(
     if state is not None:
         ckpt.set_rng_state(state["rng"])  # last, so that nothing above draws from it
 
+    eval_kw = {"num_classes": bundle.num_classes, "precision": cfg.precision, "tta": tta}
     last_plot = -math.inf
     for epoch in range(status["epoch"], cfg.epochs):
         t0 = time.perf_counter()
@@ -529,13 +559,18 @@ def train(
             log=log,
             last_good=status["epoch"],
             out_dir=out_dir,
+            after_step=None if ema is None else _ema_updater(ema, model, cfg.model_ema_steps),
         )
         train_seconds = time.perf_counter() - t0
         stats = distributed.reduce_epoch_stats(stats, device)  # every rank's samples
         distributed.broadcast_buffers(model)  # all ranks evaluate (and rank 0 saves) one model
-        ev = None
+        if ema is not None:
+            distributed.broadcast_buffers(ema.module)
+        ev = raw = None
         if eval_loader is not None:
-            ev = evaluate(net, eval_loader, num_classes=bundle.num_classes, precision=cfg.precision)
+            ev = evaluate(published, eval_loader, **eval_kw)
+            if ema is not None:  # what the average adds, on the same split, for the record
+                raw = evaluate(net, eval_loader, **eval_kw)
         seconds = time.perf_counter() - t0
         improved = eval_split == "val" and (
             status["best_acc"] is None or ev.top1 > status["best_acc"]
@@ -549,6 +584,7 @@ def train(
             "eval_split": eval_split if ev else "",
             "eval_loss": ev.loss if ev else None,
             "eval_acc": ev.top1 if ev else None,
+            "raw_eval_acc": raw.top1 if raw else None,
             "seconds": round(seconds, 3),
             "images_per_s": round(stats["images"] / max(train_seconds, 1e-9), 1),
         }
@@ -563,7 +599,17 @@ def train(
             # curves.png takes about a second to draw: every epoch only when epochs are long.
             plot = epoch + 1 == cfg.epochs or time.monotonic() - last_plot >= PLOT_EVERY_S
             commit_epoch(
-                out_dir, model, meta, optimizer, scheduler, scaler, cfg, status, improved, plot
+                out_dir,
+                model,
+                meta,
+                optimizer,
+                scheduler,
+                scaler,
+                cfg,
+                status,
+                improved,
+                plot,
+                ema=ema,
             )
             last_plot = time.monotonic() if plot else last_plot
         evaluated = f"{eval_split} loss {ev.loss:.4f} acc {ev.top1:6.2f}%  " if ev else ""
@@ -576,7 +622,7 @@ def train(
     t0 = time.perf_counter()
     test = None
     if bundle.test is not None:
-        test = evaluate(net, bundle.test, num_classes=bundle.num_classes, precision=cfg.precision)
+        test = evaluate(published, bundle.test, **eval_kw)
     status["elapsed"] += time.perf_counter() - t0
     summary = make_summary(cfg, status, test, device, eval_split, model)
     if world.is_main:
@@ -603,6 +649,7 @@ def train_one_epoch(
     log: Any,
     last_good: int,
     out_dir: Path,
+    after_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """One pass over ``loader`` (stopping at ``total`` iterations), without a host sync per step.
 
@@ -661,6 +708,8 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if after_step is not None:
+            after_step(it + 1)
         with torch.no_grad():
             loss = loss.detach().float()
             loss_sum += loss.double() * y.shape[0]
@@ -710,6 +759,7 @@ def commit_epoch(
     run: dict,
     improved: bool,
     plot: bool = True,
+    ema: AveragedModel | None = None,
 ) -> None:
     """State first (the commit point), then the files derived from it.
 
@@ -719,9 +769,11 @@ def commit_epoch(
     from resnetlab.models.weights import save_weights
 
     weights_meta = {**meta, "epoch": run["epoch"], "iteration": run["iteration"]}
+    extra = {} if ema is None else {"model_ema": ema.state_dict()}
     ckpt.save_state(
         out_dir / ckpt.STATE_FILE,
         {
+            **extra,
             "model": model.state_dict(),
             "meta": weights_meta,
             "optimizer": optimizer.state_dict(),
@@ -732,9 +784,10 @@ def commit_epoch(
             "run": run,
         },
     )
-    save_weights(out_dir / ckpt.LAST_WEIGHTS, model, weights_meta)
+    published = model if ema is None else ema.module
+    save_weights(out_dir / ckpt.LAST_WEIGHTS, published, weights_meta)
     if improved:
-        save_weights(out_dir / ckpt.BEST_WEIGHTS, model, weights_meta)
+        save_weights(out_dir / ckpt.BEST_WEIGHTS, published, weights_meta)
     write_metrics(out_dir, run["history"], cfg, plot)
 
 
@@ -782,6 +835,16 @@ def remove_run_files(out_dir: Path) -> None:
 
 
 # --- small helpers ----------------------------------------------------------------------------
+
+
+def _ema_updater(ema: AveragedModel, model: nn.Module, every: int) -> Callable[[int], None]:
+    """After every ``every``-th optimizer step (counted over the run), average ``model`` in."""
+
+    def update(iteration: int) -> None:
+        if iteration % every == 0:
+            ema.update_parameters(model)
+
+    return update
 
 
 def seed_everything(seed: int) -> None:
@@ -844,6 +907,8 @@ def make_summary(
         if device.type == "cuda"
         else (platform.processor() or platform.machine()),
         "precision": cfg.precision,
+        "evaluated": "ema" if cfg.model_ema else "model",
+        "tta": cfg.tta,
         "parameters": sum(p.numel() for p in model.parameters()),
         "versions": {
             "python": platform.python_version(),
