@@ -169,3 +169,22 @@ def test_bad_folders_and_numbers(tmp_path, setup, kw, message):
     with pytest.raises(UserError, match=message) as e:
         build_loaders("folder", root, **args)
     assert "\n" not in str(e.value)
+
+
+def test_an_all_unreadable_training_batch_is_refused_across_processes(tmp_path):
+    """Alone it is skipped; under torchrun one rank a batch short would hang the others."""
+    _tree(tmp_path, "train", {"cat": 4})
+    for i in range(4):
+        (tmp_path / "train" / "cat" / f"{i}.png").write_bytes(b"")
+    _tree(tmp_path, "train", {"dog": 4})
+    kw = dict(batch_size=2, image_size=16, resize_size=20, workers=0, skip_bad_images=True)
+    alone = build_loaders("folder", tmp_path, **kw).train
+    with pytest.warns(UserWarning, match="unreadable"):
+        _, y = _all(alone)
+    assert y.tolist() == [1, 1, 1, 1]
+    for i in range(4):  # now every batch of every shard is unreadable
+        (tmp_path / "train" / "dog" / f"{i}.png").write_bytes(b"")
+    for rank in (0, 1):
+        shard = build_loaders("folder", tmp_path, rank=rank, world_size=2, **kw).train
+        with pytest.warns(UserWarning), pytest.raises(UserError, match="stall the other"):
+            _all(shard)

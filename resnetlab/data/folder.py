@@ -149,7 +149,9 @@ class FolderLoader(EpochShards):
     """The `Loader` protocol over a ClassFolder: order from (seed, epoch), rank shards.
 
     A file that cannot be decoded stops iteration with a line naming it, unless
-    ``skip_bad_images``: then it is left out of its batch and listed in `skipped`.
+    ``skip_bad_images``: then it is left out of its batch and listed in `skipped`. A
+    training batch with no readable image at all is dropped, except across processes
+    (``world_size`` > 1), where that would stall the others: there it is an error.
     """
 
     def __init__(
@@ -228,6 +230,14 @@ class FolderLoader(EpochShards):
                     self.skipped.append(item.path)
                     warnings.warn(f"skipped unreadable image {item.path}", stacklevel=2)
             if x is None:
+                if self.train and self.world_size > 1:
+                    # One rank with a batch fewer leaves the others waiting in DDP's
+                    # all_reduce for ever: refuse rather than hang.
+                    raise UserError(
+                        "every image of a training batch is unreadable, and under torchrun a "
+                        "skipped batch would stall the other processes: remove "
+                        + ", ".join(item.path for item in bad)
+                    )
                 continue
             x = x.to(self.device, self.dtype, non_blocking=True, memory_format=fmt)
             yield x, y.to(self.device, non_blocking=True)
