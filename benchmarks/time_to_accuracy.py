@@ -2,13 +2,14 @@
 
 Run:  .venv/bin/python benchmarks/time_to_accuracy.py --data-path /work/shared/data
       (--target 91.25, --max-epochs 200, --threads N; anything after -- goes to
-      `resnetlab train`, e.g. -- --model resnet56 --schedule onecycle --epochs 40)
+      `resnetlab train`, e.g. -- --model resnet56 --epochs 40, or -- --recipe default)
 
 The default target, 91.25%, is ResNet-20's published test accuracy (8.75% error, He et
 al. 2015, Table 6), which akamaster/pytorch_resnet_cifar10 trains for 200 epochs to
-reach. Ours: `python -m resnetlab train --model resnet20 --dataset cifar10 --val-split 0
---epochs MAX` plus the flags given (--val-split 0 trains on all 50,000 images and
-evaluates the test set after every epoch, as the baseline does). The run's metrics.csv
+reach. Ours: `python -m resnetlab train --model resnet20 --dataset cifar10 --recipe fast
+--val-split 0` plus the flags given (--val-split 0 trains on all 50,000 images and
+evaluates the test set after every epoch, as the baseline does; the fast recipe has its
+own length, 30 epochs, another recipe runs for --max-epochs). The run's metrics.csv
 is read as it grows; at the first epoch whose test accuracy reaches the target the run
 is interrupted and its wall time (start-up, data loading, evaluation, checkpoints
 included) and epochs are reported. The baseline is not run for 200 epochs: its epoch
@@ -156,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     flags = ["--dataset", "cifar10", "--data-path", str(root), "--val-split", "0"]
     if "--model" not in extra:
         flags += ["--model", model]
-    if "--epochs" not in extra and "--iterations" not in extra:
+    if "--recipe" not in extra:
+        flags += ["--recipe", "fast"]
+    given = flags + extra
+    own_length = given[given.index("--recipe") + 1] == "fast"  # 30 epochs, one cycle
+    if not own_length and "--epochs" not in extra and "--iterations" not in extra:
         flags += ["--epochs", str(args.max_epochs)]
     with tempfile.TemporaryDirectory() as tmp:
         out = args.keep or Path(tmp) / "run"

@@ -569,7 +569,7 @@ def train(
         ev = raw = None
         if eval_loader is not None:
             ev = evaluate(published, eval_loader, **eval_kw)
-            if ema is not None:  # what the average adds, on the same split, for the record
+            if ema is not None and eval_split == "val":  # what the average adds, on record
                 raw = evaluate(net, eval_loader, **eval_kw)
         seconds = time.perf_counter() - t0
         improved = eval_split == "val" and (
