@@ -29,6 +29,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        # mkstemp makes 0600 (and some writers replace the file): give what open() gives
+        os.chmod(tmp_path, 0o666 & ~_umask())
         with open(tmp_path, "rb+") as f:
             f.flush()
             os.fsync(f.fileno())
@@ -46,6 +48,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _umask() -> int:
+    """The process umask (read by setting it, so set it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:
