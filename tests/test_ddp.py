@@ -57,12 +57,16 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_mnist(tmp_path_factory.mktemp("data"), n_train=384, n_test=N_TEST)
 
 
-def args(data_root: Path, out: Path, batch: int) -> list[str]:
+def args(data_root: Path, out: Path, batch: int, *extra: str) -> list[str]:
     return [
         "train", "--model", "mnist_cnn", "--dataset", "mnist", "--data-path", str(data_root),
         "--epochs", "2", "-b", str(batch), "--val-split", "64", "--workers", "0",
-        "--output-dir", str(out), "--print-freq", "4", "--precision", "fp32",
+        "--output-dir", str(out), "--print-freq", "4", "--precision", "fp32", *extra,
     ]  # fmt: skip
+
+
+# A weight EMA updated every step: averaged on each rank, saved by rank 0, resumed by all.
+EMA = ("--model-ema", "--model-ema-decay", "0.9", "--model-ema-steps", "1")
 
 
 def rows(run: Path) -> list[dict[str, str]]:
@@ -135,6 +139,14 @@ def reference(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     out = tmp_path_factory.mktemp("ref") / "run"
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(args(data_root, out, 32)) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_ema(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ref-ema") / "run"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(args(data_root, out, 32, *EMA)) == 0
     return out
 
 
@@ -308,16 +320,22 @@ def test_ddp_checkpoint_resumes_in_one_process_as_one_run_of_the_global_batch(
 # --- torchrun resuming a single-process run ----------------------------------------------------
 
 
+@pytest.mark.parametrize("ema", [False, True], ids=["weights", "ema"])
 def test_torchrun_resumes_a_single_process_run_with_the_same_global_batch(
-    data_root: Path, reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    data_root: Path,
+    ema: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """`torchrun -m resnetlab train --resume` over 2 processes continues a run of 1 x 32."""
     import resnetlab.training.train as train_mod
 
+    reference = request.getfixturevalue("reference_ema" if ema else "reference")
     run = tmp_path / "run"
     monkeypatch.setattr(train_mod, "train_one_epoch", stop_at_epoch_2(train_mod.train_one_epoch))
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        assert main(args(data_root, run, 32)) == 130
+        assert main(args(data_root, run, 32, *(EMA if ema else ()))) == 130
     monkeypatch.undo()
     assert len(rows(run)) == 1
 
