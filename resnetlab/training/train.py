@@ -539,6 +539,7 @@ def train(
         ckpt.set_rng_state(state["rng"])  # last, so that nothing above draws from it
 
     eval_kw = {"num_classes": bundle.num_classes, "precision": cfg.precision, "tta": tta}
+    after_step = None if ema is None else _ema_updater(ema, model, cfg.model_ema_steps)
     last_plot = -math.inf
     for epoch in range(status["epoch"], cfg.epochs):
         t0 = time.perf_counter()
@@ -559,7 +560,7 @@ def train(
             log=log,
             last_good=status["epoch"],
             out_dir=out_dir,
-            after_step=None if ema is None else _ema_updater(ema, model, cfg.model_ema_steps),
+            after_step=after_step,
         )
         train_seconds = time.perf_counter() - t0
         stats = distributed.reduce_epoch_stats(stats, device)  # every rank's samples
