@@ -330,8 +330,8 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_checkpoint(
     real_commit = train_mod.commit_epoch
     after_epoch_1 = {}
 
-    def commit_then_poison(out_dir, model, *rest):  # noqa: ANN001
-        real_commit(out_dir, model, *rest)
+    def commit_then_poison(out_dir, model, *rest, **options):  # noqa: ANN001, ANN003
+        real_commit(out_dir, model, *rest, **options)
         after_epoch_1.update(snapshot(out_dir))
         with torch.no_grad():
             model.fc.bias.fill_(float("nan"))
