@@ -79,12 +79,15 @@ def test_fast_recipe_values_and_flags_over_them() -> None:
         5e-4,
         True,
     )
-    assert (cfg.label_smoothing, cfg.model_ema, cfg.tta, cfg.val_split) == (0.1, True, "flip", 5000)
+    assert (cfg.label_smoothing, cfg.tta, cfg.val_split) == (0.1, "flip", 5000)
+    assert cfg.model_ema is False  # measured with it, and left off: docs/results.md
     mine = fill_recipe(
-        TrainConfig(model="resnet56", dataset="cifar100", recipe="fast", lr=0.1, tta="none"),
+        TrainConfig(
+            model="resnet56", dataset="cifar100", recipe="fast", lr=0.1, tta="none", model_ema=True
+        ),
         "cifar",
     )
-    assert (mine.lr, mine.tta, mine.model_ema) == (0.1, "none", True)
+    assert (mine.lr, mine.tta, mine.model_ema, mine.model_ema_decay) == (0.1, "none", True, 0.999)
     default = fill_recipe(TrainConfig(model="resnet20", dataset="cifar10"), "cifar")
     assert (default.recipe, default.model_ema, default.tta) == ("default", False, "none")
     with pytest.raises(UserError, match="fast recipe is for CIFAR models"):
@@ -110,7 +113,7 @@ def fast_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fast") / "run"
     args = ["train", "--model", "resnet20", "--dataset", "cifar10", "--recipe", "fast"]
     args += ["--data-path", str(root), "--epochs", "2", "-b", "32", "--val-split", "64"]
-    args += ["--workers", "0", "--output-dir", str(out), "--model-ema-steps", "2"]
+    args += ["--workers", "0", "--output-dir", str(out), "--model-ema", "--model-ema-steps", "2"]
     assert main(args) == 0
     return out
 

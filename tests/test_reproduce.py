@@ -139,7 +139,7 @@ def test_cifar10_fast_runs_the_fast_recipe_over_seeds(tmp_path):
     assert (cfg.recipe, cfg.epochs, cfg.model_ema, cfg.tta, cfg.seed) == (
         "fast",
         30,
-        True,
+        False,
         "flip",
         2,
     )

@@ -4,7 +4,7 @@ checkpoints (last, and best by validation accuracy) in its output folder.
   resnetlab train --model resnet20 --dataset cifar10 --download     # the paper's recipe, 64k it.
   resnetlab train --model resnet110 --dataset cifar10 --epochs 30   # shorter, same lr shape
   resnetlab train --model mnist_cnn --dataset mnist --epochs 2
-  resnetlab train --model resnet20 --dataset cifar10 --recipe fast  # 30 epochs, EMA, flip TTA
+  resnetlab train --model resnet20 --dataset cifar10 --recipe fast  # 30 epochs, one cycle, flip TTA
   resnetlab train --config my.yaml --lr 0.05                        # flags override the file
   resnetlab train --resume runs/resnet20-cifar10-20260101-120000    # continue where it stopped
   torchrun --standalone --nproc-per-node 4 -m resnetlab train ...   # 4 GPUs, -b per GPU
