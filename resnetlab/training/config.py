@@ -11,7 +11,7 @@ config.json, which `--config` reads back):
 | ImageNet-style or folder | 90 ep.     | 256   | 0.1           | 1e-4 | step 30 ep. x0.1 | 0    |
 | anything else            | 30 ep.     | 128   | 0.1           | 5e-4 | cosine           | 0    |
 
-``--recipe fast`` (CIFAR, CIFAR/plain/preact/wide models on CIFAR-10/100) trades the
+``--recipe fast`` (CIFAR/plain/preact/wide models on CIFAR-10/100) trades the
 paper's 182 epochs for 30: one-cycle lr peaking at 0.2, Nesterov momentum, wd 5e-4 off
 BatchNorm and biases, label smoothing 0.1 and flip test-time augmentation. A weight
 EMA (``--model-ema``, training/ema.py) was measured with it and left off: at the end of
@@ -200,7 +200,7 @@ def recipe(model: str, family: str, dataset: str, name: str = "default") -> dict
 
 
 def fast_recipe(model: str, family: str, dataset: str) -> dict[str, Any]:
-    """ResNet-20's published accuracy in 30 epochs, not 182: see the module docstring."""
+    """Aims at ResNet-20's published accuracy in 30 epochs, not 182: see the module docstring."""
     if dataset not in ("cifar10", "cifar100") or family not in ("cifar", "plain", "preact", "wide"):
         raise UserError(
             f"the fast recipe is for CIFAR models on cifar10/cifar100, not {model} on {dataset}"
