@@ -513,6 +513,7 @@ def train(
     ddp = distributed.wrap(model, device)
     train_net = net if ddp is model else torch.compile(ddp) if cfg.compile else ddp
     tta = None if cfg.tta == "none" else cfg.tta
+    eval_net = net if ema is None else ema.module  # what is evaluated is what gets saved
     log(
         f"{cfg.model} on {cfg.dataset}: {bundle.train.dataset_size} train / "
         f"{bundle.val.dataset_size if bundle.val else 0} val / "
@@ -569,7 +570,7 @@ def train(
             distributed.broadcast_buffers(ema.module)
         ev = raw = None
         if eval_loader is not None:
-            ev = evaluate(published, eval_loader, **eval_kw)
+            ev = evaluate(eval_net, eval_loader, **eval_kw)
             if ema is not None and eval_split == "val":  # what the average adds, on record
                 raw = evaluate(net, eval_loader, **eval_kw)
         seconds = time.perf_counter() - t0
@@ -623,7 +624,7 @@ def train(
     t0 = time.perf_counter()
     test = None
     if bundle.test is not None:
-        test = evaluate(published, bundle.test, **eval_kw)
+        test = evaluate(eval_net, bundle.test, **eval_kw)
     status["elapsed"] += time.perf_counter() - t0
     summary = make_summary(cfg, status, test, device, eval_split, model)
     if world.is_main:
