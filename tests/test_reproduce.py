@@ -136,11 +136,12 @@ def test_cifar10_fast_runs_the_fast_recipe_over_seeds(tmp_path):
     specs = expand(exp, seeds=3)
     assert [s.name for s in specs] == [f"resnet20-seed{i}" for i in range(3)]
     cfg = resolve_run(specs[2], tmp_path / "run", {}, 1.0)
-    assert (cfg.recipe, cfg.epochs, cfg.model_ema, cfg.tta, cfg.seed) == (
+    assert (cfg.recipe, cfg.epochs, cfg.model_ema, cfg.tta, cfg.val_split, cfg.seed) == (
         "fast",
         30,
         False,
         "flip",
+        0,
         2,
     )
     assert exp.published_error("resnet20") == TABLE6["resnet20"]
