@@ -68,16 +68,28 @@ def test_epochs_scale_keeps_the_schedule_shape():
         scale_length({"epochs": 3}, 0)
 
 
-def _fake_run(folder: Path, name: str, model: str, test_top1: float | None, epochs: int = 3):
+def _fake_run(
+    folder: Path,
+    name: str,
+    model: str,
+    test_top1: float | None,
+    epochs: int = 3,
+    split: str = "val",
+    eval_accs: list[float] | None = None,
+    seconds: list[float] | None = None,
+):
     run = folder / name
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"model": model, "dataset": "cifar10"}))
+    eval_accs = eval_accs or [45 + 10 * e for e in range(1, epochs + 1)]
+    seconds = seconds or [9] * epochs
     with open(run / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["epoch", "iteration", "lr", "train_loss", "train_acc", "eval_split",
                     "eval_loss", "eval_acc", "seconds", "images_per_s"])  # fmt: skip
         for e in range(1, epochs + 1):
-            w.writerow([e, 100 * e, 0.1, 1.0 / e, 50 + 10 * e, "val", 1.2 / e, 45 + 10 * e, 9, 5e3])
+            w.writerow([e, 100 * e, 0.1, 1.0 / e, 50 + 10 * e, split, 1.2 / e, eval_accs[e - 1],
+                        seconds[e - 1], 5e3])  # fmt: skip
     if test_top1 is not None:
         summary = {"model": model, "epochs": epochs, "iterations": 100 * epochs,
                    "best_val_acc": 75.0, "best_epoch": epochs, "parameters": 269_722,
@@ -102,6 +114,28 @@ def test_report_table_and_pictures_from_fabricated_runs(tmp_path):
     for picture in ("fig6.png", "curves.png"):
         assert (folder / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Deep Residual Learning" in text
+    assert "Time to the paper's accuracy" not in text  # chosen on val: no per-epoch test record
+
+
+def test_report_says_when_each_run_first_reached_the_papers_accuracy(tmp_path):
+    folder = tmp_path / "cifar10-fast"
+    times = [60.0, 90.0, 120.0]  # seconds of epochs 1, 2, 3
+    # The paper's 91.25% (8.75% error): seed0 first at epoch 2, after 150 s = 2.5 min (it
+    # falls back at epoch 3: still epoch 2); seed1 at epoch 3, 270 s = 4.5 min; seed2 never.
+    for seed, accs in enumerate([[90.0, 91.25, 91.1], [88.0, 91.2, 91.3], [85.0, 89.0, 91.0]]):
+        _fake_run(folder, f"resnet20-seed{seed}", "resnet20", accs[-1], split="test",
+                  eval_accs=accs, seconds=times)  # fmt: skip
+    lines = write_report(folder, load_experiment("cifar10-fast")).read_text().splitlines()
+    assert "## Time to the paper's accuracy" in lines
+    rows = [
+        [c.strip() for c in ln.strip("|").split("|")] for ln in lines if ln.startswith("| resnet20")
+    ]
+    cells = {row[0]: row[1:] for row in rows}
+    assert cells["resnet20-seed0"] == ["91.25", "2", "2.5", "91.10", "120.0"]  # wall 7200 s
+    assert cells["resnet20-seed1"] == ["91.25", "3", "4.5", "91.30", "120.0"]
+    assert cells["resnet20-seed2"][:3] == ["91.25", "not reached", ""]
+    # epochs 2 and 3: mean 2.5, sample std 0.71; minutes 2.5 and 4.5: 3.5 ± 1.41
+    assert cells["resnet20, mean ± std"][1:3] == ["2.50 ± 0.71 (n=2)", "3.50 ± 1.41 (n=2)"]
 
 
 def test_mean_std_matches_the_sample_standard_deviation():
