@@ -31,21 +31,11 @@ import torch
 import torchvision
 from torch import nn
 
-from resnetlab.device import native_bf16
+from resnetlab.device import cpu_model, native_bf16
 from resnetlab.inference.fast import optimize_for_inference
 from resnetlab.reports.summary import count_macs
 
 TARGET = 2.2  # the target for ResNet-50, batch 32, 224x224 (assumes native bf16)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load() -> str:
@@ -292,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(
-        f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads; "
+        f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads; "
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
         f"Python {platform.python_version()}; native bf16: {native_bf16('cpu')}"
     )

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Subset
 
 from resnetlab.data import DATASETS, InMemoryLoader, load_arrays
 from resnetlab.data.root import default_data_root
+from resnetlab.device import cpu_model
 
 
 class _CIFAR10(torchvision.datasets.CIFAR10):
@@ -102,13 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*MD5 differs.*")
     images, labels = load_arrays("cifar10", root, train=True)
 
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    print(f"cpu: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
+    print(f"cpu: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, "
         f"torchvision {torchvision.__version__}; batch {args.batch_size}, {args.reps} reps, "

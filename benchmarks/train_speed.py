@@ -43,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from resnetlab.data import build_loaders
 from resnetlab.data.root import default_data_root
+from resnetlab.device import cpu_flags, cpu_model
 from resnetlab.models import create_model
 from resnetlab.reports.summary import count_macs
 from resnetlab.training.fast_path import native_bf16, resolve_fast_path
@@ -58,13 +59,7 @@ BATCH = 128
 
 def machine_lines() -> list[str]:
     """CPU model, the SIMD flags that matter here, versions, threads and load."""
-    cpu, flags = platform.processor() or platform.machine(), set()
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
+    cpu, flags = cpu_model(), cpu_flags()
     simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return [
         f"cpu: {cpu}, {os.cpu_count()} cores, flags {' '.join(simd) or 'unknown'}, "

@@ -21,6 +21,8 @@ way (cosine >= 0.9, measured 0.96) and give the same loss to 1% (measured 0.04%)
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -222,6 +224,14 @@ def test_run_records_the_resolved_choices(tmp_path: Path) -> None:
     assert cfg["channels_last"] is True
     summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
     assert summary["precision"] == cfg["precision"]
+    # the machine, as lscpu names it, and whether its bf16 is native: what speed depends on
+    has_bf16 = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    assert ("native bf16" in summary["device_name"]) is has_bf16
+    if shutil.which("lscpu"):
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(ln.split(":", 1)[1].strip() for ln in lscpu.splitlines()
+                     if ln.startswith("Model name"))  # fmt: skip
+        assert summary["device_name"].startswith(f"{model}, ")
     out = tmp_path / "plain"
     flags = ["--precision", "fp32", "--no-channels-last", "--output-dir", str(out)]
     assert main([*common, *flags]) == 0

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from resnetlab.device import check_precision, native_bf16, resolve_device
+from resnetlab.device import check_precision, device_name, native_bf16, resolve_device
 from resnetlab.errors import UserError
 from resnetlab.io import atomic_write_json, atomic_write_text
 from resnetlab.training import checkpoint as ckpt
@@ -905,9 +905,7 @@ def make_summary(
         "wall_time_s": round(run["elapsed"], 2),
         "images_per_s": round(run["train_images"] / max(run["train_seconds"], 1e-9), 1),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else (platform.processor() or platform.machine()),
+        "device_name": device_name(device),
         "precision": cfg.precision,
         "evaluated": "ema" if cfg.model_ema else "model",
         "tta": cfg.tta,
