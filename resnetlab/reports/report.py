@@ -105,7 +105,7 @@ def write_report(folder: Path, exp: Experiment) -> Path:
         atomic_write(folder / "fig6.png", lambda p: plot_degradation(runs, p))
         lines += ["## Figure 6 analogue", "", "![Figure 6 analogue](fig6.png)", ""]
     if any(r.metrics for r in runs):
-        atomic_write(folder / "curves.png", lambda p: plot_all_curves(runs, p))
+        atomic_write(folder / "curves.png", lambda p: plot_all_curves(runs, p, exp))
         lines += ["## Accuracy curves", "", "![accuracy curves](curves.png)", ""]
     path = folder / "report.md"
     atomic_write_text(path, "\n".join(lines))
@@ -267,8 +267,11 @@ def plot_degradation(runs: list[RunResult], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_all_curves(runs: list[RunResult], path: Path) -> None:
-    """Training and held-out accuracy of every run against epochs, one panel each."""
+def plot_all_curves(runs: list[RunResult], path: Path, exp: Experiment | None = None) -> None:
+    """Training and held-out accuracy of every run against epochs, one panel each.
+
+    Where the held-out set is the test set, the paper's test accuracy is drawn across.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -283,6 +286,9 @@ def plot_all_curves(runs: list[RunResult], path: Path) -> None:
         ax.plot(epochs, [m["train_acc"] for m in r.metrics], label="train")
         split = r.metrics[-1].get("eval_split") or "held-out"
         ax.plot(epochs, [m["eval_acc"] for m in r.metrics], label=split)
+        published = exp.published_error(r.model) if exp else None
+        if split == "test" and published is not None:
+            ax.axhline(100 - published, color="grey", ls=":", label=f"paper {100 - published:.2f}")
         ax.set_title(r.name, fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy (%)")
