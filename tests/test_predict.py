@@ -98,7 +98,7 @@ def check(pred, probs: torch.Tensor, k: int, atol: float = 1e-5) -> None:
 def test_top_k_matches_the_model_run_by_hand(tmp_path: Path, cifar_run) -> None:
     run, model = cifar_run
     images = [save_png(tmp_path / f"img{i}.png", random_pixels(i, (32, 32, 3))) for i in range(5)]
-    preds = predict(run, images, topk=3, batch_size=2)
+    preds = predict(run, images, topk=3, batch_size=2, precision="fp32")
     assert [p.image for p in preds] == [str(p) for p in images]
     tops = set()
     for pred, image in zip(preds, images, strict=True):
@@ -128,7 +128,7 @@ def test_other_sizes_are_resized_to_the_input_size(tmp_path: Path, cifar_run) ->
     assert got.shape == (3, 32, 32)
     assert torch.allclose(got, expected, atol=1.01 / 255 / min(STD))  # uint8 rounding
     image = save_png(tmp_path / "big.png", pixels)
-    (pred,) = predict(run, image, topk=10)
+    (pred,) = predict(run, image, topk=10, precision="fp32")
     with torch.no_grad():
         check(pred, torch.softmax(model(got[None]), dim=1)[0], 10)
 
@@ -140,7 +140,7 @@ def test_folder_models_resize_then_centre_crop(tmp_path: Path, cifar_run) -> Non
     # rows 4..36 and columns (56 - 32) / 2 = 12..44.
     pixels = random_pixels(11, (40, 56, 3))
     image = save_png(tmp_path / "wide.png", pixels)
-    (pred,) = predict((model, meta), image, topk=10)
+    (pred,) = predict((model, meta), image, topk=10, precision="fp32")
     check(pred, by_hand(model, pixels[4:36, 12:44], MEAN, STD), 10)
 
 
@@ -152,7 +152,7 @@ def test_grayscale_model_gets_one_channel(tmp_path: Path) -> None:
     as_l = save_png(tmp_path / "gray.png", gray)
     # The same picture stored as RGB: every channel equal, so any luma formula gives it back.
     as_rgb = save_png(tmp_path / "rgb.png", np.repeat(gray[:, :, None], 3, axis=2))
-    pred_l, pred_rgb = predict((model, meta), [as_l, as_rgb], topk=10)
+    pred_l, pred_rgb = predict((model, meta), [as_l, as_rgb], topk=10, precision="fp32")
     probs = by_hand(model, gray, [0.1307], [0.3081])
     for pred in (pred_l, pred_rgb):
         assert [i for i, _, _ in pred.topk] == probs.topk(10).indices.tolist()
@@ -164,11 +164,26 @@ def test_tensors_and_paths_keep_their_order(tmp_path: Path, cifar_run) -> None:
     pixels = random_pixels(2, (32, 32, 3))
     image = save_png(tmp_path / "p.png", pixels)
     tensor = torch.from_numpy(random_pixels(4, (32, 32, 3))).permute(2, 0, 1).contiguous()
-    preds = predict((model, META), [tensor, image], topk=1)
+    preds = predict((model, META), [tensor, image], topk=1, precision="fp32")
     assert [p.image for p in preds] == ["<tensor 0>", str(image)]
     check(preds[1], by_hand(model, pixels, MEAN, STD), 1)
     with pytest.raises(UserError, match="topk"):
         predict((model, META), image, topk=0)
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(tmp_path: Path, cifar_run) -> None:
+    from resnetlab.device import native_bf16
+
+    run, _ = cifar_run
+    image = save_png(tmp_path / "a.png", random_pixels(11, (32, 32, 3)))
+    (fp32,) = predict(run, image, topk=10, precision="fp32")
+    (auto,) = predict(run, image, topk=10)
+    exact, rounded = ({i: p for i, _, p in pred.topk} for pred in (fp32, auto))
+    diff = max(abs(exact[i] - rounded[i]) for i in exact)
+    if native_bf16("cpu"):
+        assert 0 < diff <= 2e-2  # bf16 ran: 8 significant bits, probabilities near 0.1
+    else:
+        assert diff == 0
 
 
 def test_folders_are_walked_for_images(tmp_path: Path) -> None:
@@ -208,6 +223,7 @@ def test_cli_json(tmp_path: Path, cifar_run, capsys: pytest.CaptureFixture[str])
         save_png(folder / f"{i}.png", random_pixels(20 + i, (32, 32, 3)))
     code = main(
         ["predict", "--checkpoint", str(run / "best.safetensors"), str(folder), "--json", "-b", "2"]
+        + ["--precision", "fp32"]
     )
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and [Path(r["image"]).name for r in out] == ["0.png", "1.png", "2.png"]

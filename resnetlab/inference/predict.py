@@ -130,8 +130,13 @@ def iter_predictions(
     topk: int = 5,
     batch_size: int = 32,
     device: str | torch.device | None = None,
+    precision: str = "auto",
 ) -> Iterator[Prediction]:
-    """Predictions as each batch finishes, in input order, so a big folder streams."""
+    """Predictions as each batch finishes, in input order, so a big folder streams.
+
+    ``precision`` "auto" is bf16 where the hardware computes it natively (probabilities to
+    about 3 significant digits, resnetlab.inference.fast), else fp32; "fp32" is exact.
+    """
     if topk < 1:
         raise UserError(f"--topk must be at least 1, got {topk}")
     if batch_size < 1:
@@ -141,7 +146,7 @@ def iter_predictions(
     channels = int(meta["input_size"][0])
     classes = list(meta.get("classes") or [])
     # BatchNorm folded, channels_last, bf16 where native: 1.7x here (docs/performance.md).
-    model = optimize_for_inference(model, precision="auto")
+    model = optimize_for_inference(model, precision=precision)
 
     def sources() -> Iterator[tuple[str, Tensor | Path]]:
         for i, image in enumerate(images):
@@ -198,6 +203,7 @@ def predict(
     topk: int = 5,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
+    precision: str = "auto",
 ) -> list[Prediction]:
     """Top-k classes of image files, folders of images, or uint8 CHW tensors.
 
@@ -215,7 +221,15 @@ def predict(
     if isinstance(images, (str, os.PathLike, Tensor)):
         images = [images]
     return list(
-        iter_predictions(model, meta, images, topk=topk, batch_size=batch_size, device=device)
+        iter_predictions(
+            model,
+            meta,
+            images,
+            topk=topk,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+        )
     )
 
 
@@ -233,6 +247,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ..."
     )
     parser.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward pass")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 where the hardware computes it natively, else fp32",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -247,7 +267,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--device {args.device}: no CUDA device is available here")
     model, meta = load_checkpoint(args.checkpoint, map_location=device)
     stream = iter_predictions(
-        model, meta, args.images, topk=args.topk, batch_size=args.batch_size, device=device
+        model,
+        meta,
+        args.images,
+        topk=args.topk,
+        batch_size=args.batch_size,
+        device=device,
+        precision=args.precision,
     )
     results, done, failed = [], 0, 0
     for pred in stream:
