@@ -145,7 +145,7 @@ def iter_predictions(
     prepare = preprocess_fn(meta)
     channels = int(meta["input_size"][0])
     classes = list(meta.get("classes") or [])
-    # BatchNorm folded, channels_last, bf16 where native: 1.7x here (docs/performance.md).
+    # BatchNorm folded, channels_last, and with "auto" bf16 where native (docs/performance.md).
     model = optimize_for_inference(model, precision=precision)
 
     def sources() -> Iterator[tuple[str, Tensor | Path]]:
