@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from fakedata import single_thread, write_cifar10, write_mnist
+from interrupt import stopped_after_epoch_2
 from safetensors.torch import load_file
 from torch import nn
 
@@ -114,6 +115,7 @@ def fast_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     args = ["train", "--model", "resnet20", "--dataset", "cifar10", "--recipe", "fast"]
     args += ["--data-path", str(root), "--epochs", "2", "-b", "32", "--val-split", "64"]
     args += ["--workers", "0", "--output-dir", str(out), "--model-ema", "--model-ema-steps", "2"]
+    args += ["--eval-every", "1"]  # the recipe's is 5: here both epochs log the average and raw
     assert main(args) == 0
     return out
 
@@ -147,24 +149,13 @@ def test_resume_with_an_ema_ends_on_the_uninterrupted_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Killed between the state and the weights of epoch 2: the average resumes too."""
-    import resnetlab.models.weights as weights
-
     root = write_mnist(tmp_path / "data", n_train=192, n_test=32)
     args = ["train", "--model", "mnist_cnn", "--dataset", "mnist", "--data-path", str(root)]
     args += ["--epochs", "3", "-b", "32", "--val-split", "64", "--workers", "0"]
     args += ["--model-ema", "--model-ema-decay", "0.9", "--model-ema-steps", "1"]
     assert main([*args, "--output-dir", str(tmp_path / "ref")]) == 0
 
-    real = weights.save_weights
-
-    def die_on_epoch_2(path, model, meta):  # noqa: ANN001
-        if meta["epoch"] == 2:
-            raise KeyboardInterrupt
-        real(path, model, meta)
-
-    monkeypatch.setattr(weights, "save_weights", die_on_epoch_2)
-    assert main([*args, "--output-dir", str(tmp_path / "run")]) == 130
-    monkeypatch.undo()
+    stopped_after_epoch_2([*args, "--output-dir", str(tmp_path / "run")], monkeypatch)
     assert main(["train", "--resume", str(tmp_path / "run")]) == 0
     for name in (ckpt.LAST_WEIGHTS, ckpt.BEST_WEIGHTS):
         a, b = load_file(str(tmp_path / "ref" / name)), load_file(str(tmp_path / "run" / name))

@@ -75,7 +75,7 @@ def _fake_run(
     test_top1: float | None,
     epochs: int = 3,
     split: str = "val",
-    eval_accs: list[float] | None = None,
+    eval_accs: list[float | None] | None = None,
     seconds: list[float] | None = None,
 ):
     run = folder / name
@@ -88,8 +88,9 @@ def _fake_run(
         w.writerow(["epoch", "iteration", "lr", "train_loss", "train_acc", "eval_split",
                     "eval_loss", "eval_acc", "seconds", "images_per_s"])  # fmt: skip
         for e in range(1, epochs + 1):
-            w.writerow([e, 100 * e, 0.1, 1.0 / e, 50 + 10 * e, split, 1.2 / e, eval_accs[e - 1],
-                        seconds[e - 1], 5e3])  # fmt: skip
+            acc = eval_accs[e - 1]  # None: an epoch --eval-every skipped
+            w.writerow([e, 100 * e, 0.1, 1.0 / e, 50 + 10 * e, split if acc else "",
+                        1.2 / e if acc else "", acc or "", seconds[e - 1], 5e3])  # fmt: skip
     if test_top1 is not None:
         summary = {"model": model, "epochs": epochs, "iterations": 100 * epochs,
                    "best_val_acc": 75.0, "best_epoch": epochs, "parameters": 269_722,
@@ -136,6 +137,19 @@ def test_report_says_when_each_run_first_reached_the_papers_accuracy(tmp_path):
     assert cells["resnet20-seed2"][:3] == ["91.25", "not reached", ""]
     # epochs 2 and 3: mean 2.5, sample std 0.71; minutes 2.5 and 4.5: 3.5 ± 1.41
     assert cells["resnet20, mean ± std"][1:3] == ["2.50 ± 0.71 (n=2)", "3.50 ± 1.41 (n=2)"]
+
+
+def test_time_to_the_papers_accuracy_counts_only_evaluated_epochs(tmp_path):
+    """--eval-every 2 over 4 epochs: the test set after epochs 2 and 4 only."""
+    folder = tmp_path / "cifar10-fast"
+    # Epoch 3 might have passed 91.25% unseen; the record can only say epoch 4, after
+    # 60 + 60 + 60 + 60 = 240 s = 4.0 min.
+    _fake_run(folder, "resnet20-seed0", "resnet20", 91.5, epochs=4, split="test",
+              eval_accs=[None, 90.0, None, 91.5], seconds=[60.0] * 4)  # fmt: skip
+    lines = write_report(folder, load_experiment("cifar10-fast")).read_text().splitlines()
+    row = next(ln for ln in lines if ln.startswith("| resnet20-seed0 |"))
+    assert [c.strip() for c in row.strip("|").split("|")][1:5] == ["91.25", "4", "4.0", "91.50"]
+    assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_mean_std_matches_the_sample_standard_deviation():

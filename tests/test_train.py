@@ -370,6 +370,10 @@ def test_huge_lr_diverges_before_any_checkpoint(data_root: Path, tmp_path: Path,
         (["--val-split", "5000"], "val-split must be between"),
         (["--precision", "fp16", "--device", "cpu"], "fp16 needs CUDA"),
         (["--momentum", "1.5"], "momentum must be below 1"),
+        (["--eval-every", "0"], "eval-every must be at least 1"),
+        (["--min-res", "40"], "--min-res 40 is larger than the images (28)"),
+        (["--min-res", "12"], "mnist_cnn cannot take --min-res 12 images"),
+        (["--res-ramp-start", "0.8", "--res-ramp-end", "0.2"], "res-ramp-start <= res-ramp-end"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(

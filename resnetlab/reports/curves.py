@@ -31,16 +31,18 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: 
     """Accuracy and loss per epoch, train against validation (or test), side by side.
 
     ``rows`` are metrics.csv rows: epoch, train_loss, train_acc, eval_loss, eval_acc,
-    eval_split ("val" or "test").
+    eval_split ("val" or "test"; empty, and no eval values, in epochs not evaluated).
     """
     epochs = [r["epoch"] for r in rows]
-    split = (rows[-1]["eval_split"] if rows else "") or "val"
+    split = next((r["eval_split"] for r in reversed(rows) if r.get("eval_split")), "val")
     eval_name = "validation" if split == "val" else split
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in ((ax_acc, "acc", "accuracy (%)"), (ax_loss, "loss", "loss")):
         ax.plot(epochs, [r[f"train_{key}"] for r in rows], marker=".", label="train")
-        if any(r.get(f"eval_{key}") is not None for r in rows):
-            ax.plot(epochs, [r[f"eval_{key}"] for r in rows], marker=".", label=eval_name)
+        shown = [r for r in rows if r.get(f"eval_{key}") not in (None, "")]  # --eval-every
+        if shown:
+            ax.plot([r["epoch"] for r in shown], [r[f"eval_{key}"] for r in shown], marker=".",
+                    label=eval_name)  # fmt: skip
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.set_title(f"{label.split(' ')[0]}: train vs {eval_name}")

@@ -72,3 +72,29 @@ class LrSchedule:
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule: LrSchedule) -> LambdaLR:
     """A LambdaLR to be stepped once per iteration, after ``optimizer.step()``."""
     return LambdaLR(optimizer, lr_lambda=schedule)
+
+
+def train_image_size(
+    epoch: int, epochs: int, full: int, min_res: int, ramp: tuple[float, float]
+) -> int:
+    """The image side of epoch ``epoch`` (0-based) under progressive resizing.
+
+    FFCV's schedule for ResNets: ``min_res`` until the fraction ``ramp[0]`` of the run,
+    then linear growth to ``full`` at ``ramp[1]``, rounded to steps of ``full / 8`` pixels
+    (4 for CIFAR's 32), so that a run sees a few sizes, not one per epoch. Low-resolution epochs
+    cost about (side / full)^2 of a full one; the last epochs train at the test size.
+    ``min_res`` 0 (or ``full`` or more) turns it off. Stated in fractions of the run, a
+    shortened run (``--epochs-scale``) keeps the schedule's shape.
+    """
+    if not min_res or min_res >= full:
+        return full
+    start, end = ramp
+    progress = (epoch + 1) / epochs  # through the end of this epoch
+    if progress >= end:
+        return full
+    grow = (progress - start) / max(end - start, 1e-9)
+    if grow <= 0:
+        return min_res
+    step = max(1, full // 8)
+    side = min_res + (full - min_res) * grow
+    return min(full, max(min_res, step * math.floor(side / step + 0.5)))

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
@@ -43,6 +44,7 @@ from resnetlab.io import atomic_write_json, atomic_write_text
 from resnetlab.training import checkpoint as ckpt
 from resnetlab.training import distributed
 from resnetlab.training.config import (
+    BEFORE_SETTINGS,
     DATASET_CHOICES,
     DEVICES,
     FIELD_NAMES,
@@ -63,7 +65,7 @@ from resnetlab.training.ema import create_ema
 from resnetlab.training.evaluate import autocast, evaluate
 from resnetlab.training.fast_path import resolve_fast_path
 from resnetlab.training.optim import build_optimizer
-from resnetlab.training.schedule import LrSchedule, build_scheduler
+from resnetlab.training.schedule import LrSchedule, build_scheduler, train_image_size
 
 # What a run writes; --overwrite removes exactly these (and the eval pictures) first.
 RUN_FILES = (
@@ -87,6 +89,7 @@ METRICS_COLUMNS = (
     "raw_eval_acc",  # with --model-ema: the accuracy of the weights themselves, not the average
     "seconds",
     "images_per_s",
+    "image_size",  # the side trained at (progressive resizing: --min-res)
 )
 # A resumed run keeps its configuration; only these may differ from the first start.
 # Seconds between redraws of curves.png (and always after the last epoch).
@@ -151,6 +154,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-ema-decay", type=float, help="EMA decay per optimizer step")
     p.add_argument("--model-ema-steps", type=int, help="optimizer steps between EMA updates")
     p.add_argument("--tta", choices=TTA_CHOICES, help="test-time augmentation of evaluations")
+    p.add_argument(
+        "--eval-every", type=int, help="epochs between evaluations (the last is always evaluated)"
+    )
+    p.add_argument(
+        "--min-res", type=int, help="progressive resizing: the first epochs' image side (0: off)"
+    )
+    p.add_argument("--res-ramp-start", type=float, help="fraction of the run where sides grow")
+    p.add_argument("--res-ramp-end", type=float, help="fraction of the run at the full size")
     p.add_argument("--val-split", type=int, help="images held out of train for validation")
     p.add_argument("--seed", type=int, help="model init, data order and split (default: 0)")
     p.add_argument("--output-dir", help="default: runs/MODEL-DATASET-TIMESTAMP")
@@ -324,7 +335,7 @@ def prepare_resume(
         raise UserError(f"--resume {run_dir}: no config.json there (not a resnetlab run)")
     try:
         values = json.loads(cfg_file.read_text(encoding="utf-8"))
-        cfg = TrainConfig(**values)
+        cfg = TrainConfig(**{**BEFORE_SETTINGS, **values})
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
         raise UserError(f"--resume: cannot read {cfg_file} ({e})") from None
     for key, value in flags.items():
@@ -351,7 +362,7 @@ def prepare_resume(
             )
         # The state holds the per-process batch of its last world size: compare global batches.
         skip = (*RESUME_OVERRIDES, "output_dir", "batch_size", "world_size")
-        state_cfg = {"sync_bn": False, "world_size": 1, **state["config"]}  # older states
+        state_cfg = {**BEFORE_SETTINGS, **state["config"]}  # older states
         saved = {k: v for k, v in state_cfg.items() if k not in skip}
         now = {k: v for k, v in asdict(cfg).items() if k not in skip}
         if state_cfg["batch_size"] * state_cfg["world_size"] != cfg.batch_size * cfg.world_size:
@@ -421,6 +432,13 @@ def train(
         )
     model = create_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
     check_input(model, cfg.model, cfg.dataset, tuple(bundle.input_size), bundle.num_classes)
+    if cfg.min_res:
+        if cfg.min_res > bundle.input_size[-1]:
+            raise UserError(
+                f"--min-res {cfg.min_res} is larger than the images ({bundle.input_size[-1]})"
+            )
+        small = (bundle.input_size[0], cfg.min_res, cfg.min_res)
+        check_input(model, cfg.model, f"--min-res {cfg.min_res}", small, bundle.num_classes)
     if cfg.sync_bn:  # same parameter and buffer names: checkpoints stay plain BatchNorm ones
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
@@ -533,8 +551,9 @@ def train(
         log("no validation or test split: only training numbers are shown, and no best is kept")
     elif eval_split == "test":
         log(
-            "no validation split (--val-split 0): the test set is shown each epoch for "
-            "information only, and no best checkpoint is kept"
+            "no validation split (--val-split 0): the test set is shown "
+            + ("each epoch" if cfg.eval_every == 1 else f"every {cfg.eval_every} epochs")
+            + " for information only, and no best checkpoint is kept"
         )
     if state is not None:
         ckpt.set_rng_state(state["rng"])  # last, so that nothing above draws from it
@@ -542,9 +561,12 @@ def train(
     eval_kw = {"num_classes": bundle.num_classes, "precision": cfg.precision, "tta": tta}
     after_step = None if ema is None else _ema_updater(ema, model, cfg.model_ema_steps)
     last_plot = -math.inf
+    ev = None
     for epoch in range(status["epoch"], cfg.epochs):
         t0 = time.perf_counter()
         bundle.train.set_epoch(epoch)
+        ramp = (cfg.res_ramp_start, cfg.res_ramp_end)
+        side = train_image_size(epoch, cfg.epochs, cfg.image_size, cfg.min_res, ramp)
         stats = train_one_epoch(
             train_net,
             bundle.train,
@@ -562,6 +584,7 @@ def train(
             last_good=status["epoch"],
             out_dir=out_dir,
             after_step=after_step,
+            image_size=side,
         )
         train_seconds = time.perf_counter() - t0
         stats = distributed.reduce_epoch_stats(stats, device)  # every rank's samples
@@ -569,13 +592,16 @@ def train(
         if ema is not None:
             distributed.broadcast_buffers(ema.module)
         ev = raw = None
-        if eval_loader is not None:
+        due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        if eval_loader is not None and due:
             ev = evaluate(eval_net, eval_loader, **eval_kw)
             if ema is not None and eval_split == "val":  # what the average adds, on record
                 raw = evaluate(net, eval_loader, **eval_kw)
         seconds = time.perf_counter() - t0
-        improved = eval_split == "val" and (
-            status["best_acc"] is None or ev.top1 > status["best_acc"]
+        improved = (
+            ev is not None
+            and eval_split == "val"
+            and (status["best_acc"] is None or ev.top1 > status["best_acc"])
         )
         row = {
             "epoch": epoch + 1,
@@ -589,6 +615,7 @@ def train(
             "raw_eval_acc": raw.top1 if raw else None,
             "seconds": round(seconds, 3),
             "images_per_s": round(stats["images"] / max(train_seconds, 1e-9), 1),
+            "image_size": side,
         }
         status["history"].append(row)
         status.update(epoch=epoch + 1, iteration=stats["iteration"])
@@ -623,7 +650,9 @@ def train(
 
     t0 = time.perf_counter()
     test = None
-    if bundle.test is not None:
+    if eval_split == "test" and ev is not None:
+        test = ev  # the last epoch's evaluation: the same weights on the same images
+    elif bundle.test is not None:
         test = evaluate(eval_net, bundle.test, **eval_kw)
     status["elapsed"] += time.perf_counter() - t0
     summary = make_summary(cfg, status, test, device, eval_split, model)
@@ -652,8 +681,12 @@ def train_one_epoch(
     last_good: int,
     out_dir: Path,
     after_step: Callable[[int], None] | None = None,
+    image_size: int | None = None,
 ) -> dict[str, Any]:
     """One pass over ``loader`` (stopping at ``total`` iterations), without a host sync per step.
+
+    ``image_size``: batches of another side are resized to it (antialiased bilinear, on
+    the device), for progressive resizing.
 
     Loss sum, correct count and the first non-finite iteration live in device tensors,
     read at each progress update (every ``print_freq`` steps) and at the end. So a NaN
@@ -702,6 +735,8 @@ def train_one_epoch(
     for step, (x, y) in enumerate(loader):
         if step >= steps:
             break
+        if image_size is not None and x.shape[-1] != image_size:
+            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
         with autocast(x.device.type, precision):
             out = model(x)
             loss = criterion(out, y)
