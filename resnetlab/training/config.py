@@ -244,7 +244,7 @@ def fast_recipe(model: str, family: str, dataset: str) -> dict[str, Any]:
         "warmup_iterations": 0,
         "tta": "flip",
         "eval_every": 5,  # the test set at epochs 5, 10, ..., 30: 6 s each, not every epoch
-        "min_res": 24,  # 12 epochs at 24x24, 5 at 28x28, the last 13 at 32x32: about 0.78 of the cost
+        "min_res": 24,  # 12 epochs at 24x24, 5 at 28x28, the last 13 at 32x32: ~0.78 of the cost
         "res_ramp_start": 0.35,
         "res_ramp_end": 0.65,
         "val_split": 0,  # chosen on --val-split 5000; the result trains on all 50k, as the paper's
