@@ -153,9 +153,13 @@ def results_table(runs: list[RunResult], exp: Experiment) -> list[str]:
     return rows
 
 
+def is_evaluated(m: dict) -> bool:
+    """Whether a metrics.csv row's epoch was evaluated (every one, unless ``--eval-every``)."""
+    return isinstance(m.get("eval_acc"), float)
+
+
 def evaluated(metrics: list[dict]) -> list[dict]:
-    """The metrics.csv rows of epochs that were evaluated (all, unless ``--eval-every``)."""
-    return [m for m in metrics if isinstance(m.get("eval_acc"), float)]
+    return [m for m in metrics if is_evaluated(m)]
 
 
 def tested_for_the_record(run: RunResult) -> bool:
@@ -181,7 +185,7 @@ def reached_at(run: RunResult, accuracy: float) -> tuple[int, float] | None:
     seconds = 0.0
     for m in run.metrics:
         seconds += m["seconds"]
-        if isinstance(m.get("eval_acc"), float) and m["eval_acc"] >= accuracy:
+        if is_evaluated(m) and m["eval_acc"] >= accuracy:
             return int(m["epoch"]), seconds
     return None
 
