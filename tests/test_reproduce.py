@@ -41,9 +41,27 @@ def test_cifar10_table_expands_to_the_papers_runs_and_numbers():
 
 
 def test_degradation_pairs_plain_and_residual_nets_of_equal_depth():
+    """Fig. 6's pairs: 20 and 56 by default, 32 and 44 when asked for; paper-length too."""
     models = [r.model for r in expand(load_experiment("degradation"))]
+    assert sorted(models) == ["plain20", "plain56", "resnet20", "resnet56"]
+    middle = ["plain32", "plain44", "resnet32", "resnet44"]
+    assert [r.model for r in expand(load_experiment("degradation"), only=middle)] == middle
     depths = (20, 32, 44, 56)
-    assert sorted(models) == sorted([f"plain{d}" for d in depths] + [f"resnet{d}" for d in depths])
+    paper = [r.model for r in expand(load_experiment("degradation-paper"))]
+    assert sorted(paper) == sorted([f"plain{d}" for d in depths] + [f"resnet{d}" for d in depths])
+
+
+def test_degradation_resnets_are_the_runs_of_the_fast_table():
+    """Same settings, so a ResNet run of cifar10-fast can stand in Fig. 6 and vice versa."""
+    from resnetlab.reports.reproduce import resolve_run
+
+    fig6 = {r.model: r for r in expand(load_experiment("degradation"))}
+    table = {r.model: r for r in expand(load_experiment("cifar10-fast"))}
+    assert sorted(table) == ["resnet20", "resnet32", "resnet44", "resnet56"]
+    for model in ("resnet20", "resnet56"):
+        a = resolve_run(fig6[model], Path("x"), {}, 1.0)
+        b = resolve_run(table[model], Path("x"), {}, 1.0)
+        assert a == b and a.recipe == "fast" and a.val_split == 0 and a.epochs == 30
 
 
 def test_unknown_names_are_user_errors():
@@ -181,7 +199,7 @@ def test_cifar10_fast_runs_the_fast_recipe_over_seeds(tmp_path):
     from resnetlab.reports.reproduce import resolve_run
 
     exp = load_experiment("cifar10-fast")
-    specs = expand(exp, seeds=3)
+    specs = expand(exp, seeds=3, only=["resnet20"])
     assert [s.name for s in specs] == [f"resnet20-seed{i}" for i in range(3)]
     cfg = resolve_run(specs[2], tmp_path / "run", {}, 1.0)
     assert (cfg.recipe, cfg.epochs, cfg.model_ema, cfg.tta, cfg.val_split, cfg.seed) == (

@@ -2,7 +2,7 @@
 
   resnetlab reproduce cifar10-table                       # Table 6, the paper's recipe
   resnetlab reproduce cifar10-table --seeds 5 --only resnet110
-  resnetlab reproduce degradation --epochs-scale 0.1      # Fig. 6, a tenth of the length
+  resnetlab reproduce degradation                         # Fig. 6, the fast recipe
   resnetlab reproduce mnist --data-path ~/data
 
 Each run has its own folder under --output-dir (default runs/EXPERIMENT). Finished runs are
