@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,10 +21,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_precision(precision: str, device: torch.device) -> None:
-    """fp16 training needs a GradScaler, which resnetlab uses on CUDA only."""
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # one list for train, eval, predict, reproduce
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """ "auto" -> bf16 where the hardware computes it natively, else fp32; others are checked.
+
+    Emulated bf16 is many times slower than fp32 (oneDNN on an AVX2-only CPU), so asking
+    for it there warns; fp16 needs CUDA (training relies on a GradScaler, which is CUDA's).
+    """
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
     if precision == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs CUDA (it relies on a GradScaler); use bf16 on CPU")
+        raise UserError("--precision fp16 needs CUDA; use bf16 on CPU")
+    if precision == "bf16" and not native_bf16(device):
+        warnings.warn(
+            f"bf16 is emulated on this {device.type}: expect it slower than fp32", stacklevel=2
+        )
+    return precision
+
+
+def resolve_channels_last(channels_last: bool | None, device: torch.device) -> bool:
+    """Unset -> on for CPU and CUDA: oneDNN and cuDNN run NHWC convolutions without reorders."""
+    return device.type in ("cpu", "cuda") if channels_last is None else channels_last
 
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:

@@ -29,10 +29,8 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from resnetlab.device import native_bf16
+from resnetlab.device import resolve_precision
 from resnetlab.errors import UserError
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 _CONV_BN = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
 
@@ -139,20 +137,6 @@ class InferenceModel(nn.Module):
         return f"dtype={self.dtype}, memory_format={fmt}, folded_bn={len(self.folded)}{compiled}"
 
 
-def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
-    """ "auto" is bf16 where the device has it natively, else fp32."""
-    if precision not in PRECISIONS:
-        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    if precision == "bf16" and not native_bf16(device):
-        warnings.warn(
-            f"bf16 is emulated on this {torch.device(device).type}: expect it slower than fp32",
-            stacklevel=3,
-        )
-    return precision
-
-
 def optimize_for_inference(
     model: nn.Module,
     *,
@@ -176,7 +160,7 @@ def optimize_for_inference(
     for p in fast.parameters():
         p.requires_grad_(False)
     folded = fold_batchnorm(fast) if fold_bn else []
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     fast = fast.to(dtype=dtype)
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.device import check_precision, resolve_device
+from resnetlab.device import resolve_device, resolve_precision
 from resnetlab.errors import UserError
 
 
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = resolve_device(args.device)
-    check_precision(args.precision, device)
+    resolve_precision(args.precision, device)
     folder, run_cfg = _run_config(path)
     model, meta, source = load_model(path, device)
 

@@ -21,24 +21,9 @@ from typing import Any
 
 import torch
 
-from resnetlab.device import check_precision, native_bf16
+from resnetlab.device import native_bf16, resolve_channels_last, resolve_precision
 
 __all__ = ["native_bf16", "resolve_channels_last", "resolve_fast_path", "resolve_precision"]
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """ "auto" -> "bf16" where native, else "fp32"; an explicit choice is checked and kept."""
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    check_precision(precision, device)
-    return precision
-
-
-def resolve_channels_last(channels_last: bool | None, device: torch.device) -> bool:
-    """None (unset) -> on for CPU and CUDA convolutions; an explicit choice is kept."""
-    if channels_last is None:
-        return device.type in ("cpu", "cuda")
-    return channels_last
 
 
 def resolve_fast_path(cfg: Any, device: torch.device) -> None:

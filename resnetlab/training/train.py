@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from resnetlab.device import check_precision, device_name, native_bf16, resolve_device
+from resnetlab.device import device_name, native_bf16, resolve_device, resolve_precision
 from resnetlab.errors import UserError
 from resnetlab.io import atomic_write_json, atomic_write_text
 from resnetlab.training import checkpoint as ckpt
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
             check_output_dir(out_dir, args.overwrite)
             state = None
         device = resolve_device(cfg.device)
-        check_precision(cfg.precision, device)
+        resolve_precision(cfg.precision, device)
         distributed.check_sync_bn(cfg.sync_bn, device)
     except UserError as e:
         if world.local_rank != 0:  # every rank read the same flags and files: one says so
