@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} cores")
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
-    floor_cmd = [sys.executable, "-c", "import torch, resnetlab.training.train"]
+    floor_cmd = [sys.executable, "-c", "import torch, resnetlab.training.engine"]
     floor, _ = peak_rss_of(floor_cmd)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [

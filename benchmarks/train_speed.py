@@ -43,13 +43,19 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from resnetlab.data import build_loaders
 from resnetlab.data.root import default_data_root
-from resnetlab.device import cpu_flags, cpu_model
+from resnetlab.device import (
+    cpu_flags,
+    cpu_model,
+    native_bf16,
+    resolve_channels_last,
+    resolve_precision,
+)
 from resnetlab.models import create_model
 from resnetlab.reports.summary import count_macs
-from resnetlab.training.fast_path import native_bf16, resolve_fast_path
+from resnetlab.training.config import resolve_config
+from resnetlab.training.engine import TrainStep, train_one_epoch
 from resnetlab.training.optim import build_optimizer
 from resnetlab.training.schedule import LrSchedule, build_scheduler
-from resnetlab.training.train import resolve_config, train_one_epoch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from input_pipeline import tutorial_train_set  # noqa: E402  (the baseline's dataset)
@@ -110,7 +116,8 @@ class Ours:
         for key, value in flags.items():
             setattr(cfg, key, value)
         device = torch.device("cpu")
-        resolve_fast_path(cfg, device)
+        cfg.precision = resolve_precision(cfg.precision, device)
+        cfg.channels_last = resolve_channels_last(cfg.channels_last, device)
         self.cfg = cfg
         bundle = build_loaders(
             "cifar10",
@@ -126,7 +133,7 @@ class Ours:
         model = create_model(name, num_classes=10, in_channels=3).to(device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(
+        optimizer = build_optimizer(
             model,
             cfg.opt,
             cfg.lr,
@@ -141,9 +148,13 @@ class Ours:
             total=cfg.iterations or cfg.epochs * steps_per_epoch,
             steps_per_epoch=steps_per_epoch,
         )
-        self.scheduler = build_scheduler(self.optimizer, schedule)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.step = TrainStep(
+            optimizer=optimizer,
+            scheduler=build_scheduler(optimizer, schedule),
+            scaler=torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16"),
+            criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+            precision=cfg.precision,
+        )
         self.net = torch.compile(model) if compile else model
         self.loader = bundle.train
         self.epoch = 0
@@ -157,22 +168,9 @@ class Ours:
         self.loader.set_epoch(self.epoch)
         self.epoch += 1
         start = time.perf_counter()
+        quiet = lambda *a, **k: None  # noqa: E731
         stats = train_one_epoch(
-            self.net,
-            self.loader,
-            self.optimizer,
-            self.scheduler,
-            self.scaler,
-            self.criterion,
-            epoch=0,
-            epochs=1,
-            start=0,
-            total=steps,
-            precision=self.cfg.precision,
-            print_freq=self.cfg.print_freq,
-            log=lambda *a, **k: None,
-            last_good=0,
-            out_dir=Path("."),
+            self.net, self.loader, self.step, 0, 1, 0, steps, self.cfg.print_freq, quiet
         )
         return stats["images"] / (time.perf_counter() - start)
 

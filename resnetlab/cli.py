@@ -16,14 +16,14 @@ from resnetlab.errors import UserError
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("resnetlab.models.table", "list every registered model"),
-    "summary": ("resnetlab.reports.summary", "layer tree, parameters, MACs and FLOPs of a model"),
-    "train": ("resnetlab.training.train", "train a model"),
-    "eval": ("resnetlab.training.evaluate", "evaluate a checkpoint"),
-    "reproduce": ("resnetlab.reports.reproduce", "run one of the paper's experiments"),
-    "report": ("resnetlab.reports.report", "write report.md and pictures for an experiment"),
-    "predict": ("resnetlab.inference.predict", "top-k classes of images with a trained model"),
-    "export": ("resnetlab.inference.export", "export a checkpoint to ONNX or safetensors"),
+    "models": ("resnetlab.commands.models", "list every registered model"),
+    "summary": ("resnetlab.commands.summary", "layer tree, parameters, MACs and FLOPs of a model"),
+    "train": ("resnetlab.commands.train", "train a model"),
+    "eval": ("resnetlab.commands.eval", "evaluate a checkpoint"),
+    "reproduce": ("resnetlab.commands.reproduce", "run one of the paper's experiments"),
+    "report": ("resnetlab.commands.report", "write report.md and pictures for an experiment"),
+    "predict": ("resnetlab.commands.predict", "top-k classes of images with a trained model"),
+    "export": ("resnetlab.commands.export", "export a checkpoint to ONNX or safetensors"),
 }
 
 

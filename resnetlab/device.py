@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import warnings
 from pathlib import Path
 
@@ -11,13 +12,17 @@ import torch
 
 from resnetlab.errors import UserError
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # what --device takes
+
 
 def resolve_device(name: str) -> torch.device:
-    """ "auto" is CUDA when present, else CPU; asking for an absent CUDA is a UserError."""
+    """ "auto" is CUDA when present, else CPU; cpu, cuda and cuda:N are checked here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here")
+    if not DEVICE_PATTERN.fullmatch(name):
+        raise UserError(f"--device {name}: choose auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available here")
     return torch.device(name)
 
 

@@ -9,3 +9,9 @@ class UserError(Exception):
     """Bad input: missing or corrupt data, unknown names, nonsense numbers."""
 
     exit_code = 2
+
+
+class WriteError(UserError):
+    """A result could not be written (full disk, permissions); what was there is kept."""
+
+    exit_code = 1

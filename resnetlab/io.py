@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from resnetlab.errors import WriteError
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)``, fsync the file, then rename it over ``path``.
@@ -23,11 +25,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     within one filesystem and therefore atomic.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         write(tmp_path)
         # mkstemp makes 0600 (and some writers replace the file): give what open() gives
         os.chmod(tmp_path, 0o666 & ~_umask())
@@ -35,9 +38,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+    except BaseException as e:
+        if tmp_path is not None:
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+        # A full disk, permissions, a file-size limit; torch and safetensors wrap the OSError.
+        if isinstance(e, OSError):
+            raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
+        if isinstance(e, RuntimeError) or type(e).__name__ == "SafetensorError":
+            cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise WriteError(f"cannot write {path} (is the disk full?): {cause}") from None
         raise
     _fsync_dir(path.parent)
 

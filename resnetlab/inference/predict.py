@@ -1,25 +1,8 @@
-"""Top-k classes of images with a trained model.
-
-The preprocessing comes from the checkpoint, so an image is prepared exactly as the
-model saw its evaluation data: converted to the model's channels (grayscale for
-MNIST), resized to the input size (or, for models trained on image folders, resized
-to the checkpoint's resize size and centre-cropped), and normalised with the
-training set's mean and std. Folders are searched recursively for images.
-
-An image that cannot be read is reported on stderr; the others are still predicted
-and the exit code is then 1.
-
-examples:
-  resnetlab predict --checkpoint runs/resnet20-cifar10 cat.png dog.jpg
-  resnetlab predict --checkpoint model.safetensors photos/ --topk 3 --json
-"""
+"""Top-k classes of images with a trained model, preprocessed as the checkpoint says."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,74 +214,6 @@ def predict(
             precision=precision,
         )
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint",
-        required=True,
-        metavar="PATH",
-        help="a run folder, an exported bundle folder or a .safetensors file",
-    )
-    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
-    parser.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument(
-        "--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ..."
-    )
-    parser.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward pass")
-    parser.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16"),
-        default="auto",
-        help="auto: bf16 where the hardware computes it natively, else fp32",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    from resnetlab.device import resolve_device
-    from resnetlab.models.weights import load_checkpoint
-
-    try:
-        device = resolve_device(args.device)
-    except RuntimeError as e:
-        raise UserError(f"--device {args.device}: {_first_line(e)}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: no CUDA device is available here")
-    model, meta = load_checkpoint(args.checkpoint, map_location=device)
-    stream = iter_predictions(
-        model,
-        meta,
-        args.images,
-        topk=args.topk,
-        batch_size=args.batch_size,
-        device=device,
-        precision=args.precision,
-    )
-    results, done, failed = [], 0, 0
-    for pred in stream:
-        if pred.error is not None:
-            failed += 1
-            print(f"resnetlab predict: {pred.error}", file=sys.stderr, flush=True)
-            continue
-        done += 1
-        if args.json:
-            results.append(pred.to_json())
-        else:
-            print(_format(pred), flush=True)
-    if not done and not failed:
-        raise UserError(f"no images found in {', '.join(args.images)}")
-    if args.json:
-        print(json.dumps(results, indent=2))
-    return 1 if failed else 0
-
-
-def _format(pred: Prediction) -> str:
-    width = max(len(name) for _, name, _ in pred.topk)
-    rows = [
-        f"  {r:>2}  {name:<{width}}  {100 * p:6.2f}%" for r, (_, name, p) in enumerate(pred.topk, 1)
-    ]
-    return "\n".join([pred.image, *rows])
 
 
 def _first_line(e: BaseException) -> str:

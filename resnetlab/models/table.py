@@ -1,24 +1,11 @@
-"""List every registered model: family, parameters, default input size and paper.
-
-Models are built on the meta device (shapes, no memory, no initialisation cost),
-so the table is instant even for resnet1202 and wide_resnet101_2.
-
-  resnetlab models
-  resnetlab models --family cifar
-"""
+"""The table of registered models."""
 
 from __future__ import annotations
-
-import argparse
 
 import torch
 
 from resnetlab.errors import UserError
 from resnetlab.models import create_model, get_model_entry, list_models
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--family", help="only this family (imagenet, cifar, plain, ...)")
 
 
 def count_parameters(name: str, num_classes: int | None = None) -> int:
@@ -75,8 +62,3 @@ def format_table(rows: list[dict[str, object]]) -> str:
     out = [line(header), line(tuple("-" * w for w in widths))]
     out += [line(c) for c in cells]
     return "\n".join(out)
-
-
-def run(args: argparse.Namespace) -> int:
-    print(format_table(model_table(args.family)))
-    return 0

@@ -1,19 +1,7 @@
-"""Write report.md and pictures for an experiment folder, next to the published numbers.
-
-  resnetlab report runs/cifar10-table                  # experiment taken from the folder name
-  resnetlab report runs/my-dir --experiment degradation
-
-report.md holds one table (model, parameters, paper test error, ours as mean ± std over
-seeds, best validation error, epochs, wall time, hardware) and, for runs that evaluated
-the test set after every epoch (no validation split), when each first reached the
-paper's accuracy; fig6.png is the paper's
-Figure 6 analogue (plain nets left, ResNets right; training error dashed, held-out error
-solid); curves.png shows the accuracy curves of every run.
-"""
+"""report.md and pictures of an experiment folder, beside the published numbers."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -24,7 +12,7 @@ from pathlib import Path
 
 from resnetlab.errors import UserError
 from resnetlab.io import atomic_write, atomic_write_text
-from resnetlab.reports.experiment import Experiment, load_experiment
+from resnetlab.reports.experiment import Experiment
 from resnetlab.training.config import model_depth
 
 
@@ -41,20 +29,6 @@ class RunResult:
     def test_error(self) -> float | None:
         test = (self.summary or {}).get("test")
         return None if not test else 100.0 - test["top1"]
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("experiment_dir", help="folder holding one sub-folder per run")
-    p.add_argument("--experiment", help="experiment name or YAML (default: the folder's name)")
-
-
-def run(args: argparse.Namespace) -> int:
-    folder = Path(args.experiment_dir).expanduser()
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such experiment folder")
-    exp = load_experiment(args.experiment or folder.name)
-    print(f"report: {write_report(folder, exp)}")
-    return 0
 
 
 def collect_runs(folder: Path) -> list[RunResult]:

@@ -1,40 +1,9 @@
-"""The training configuration: one plain dataclass, filled from recipe < config file < flags.
+"""The training configuration: each setting declared once, filled from recipe < file < flags.
 
-Recipes (what a field left unset becomes; every run writes the resolved values to
-config.json, which `--config` reads back):
-
-| models, dataset          | length     | batch | lr (SGD 0.9)  | wd   | schedule         | val  |
-|--------------------------|------------|-------|---------------|------|------------------|------|
-| CIFAR/plain/preact, CIFAR| 64k it.    | 128   | 0.1           | 1e-4 | paper            | 5000 |
-| wide ResNets, CIFAR      | 200 ep.    | 128   | 0.1, nesterov | 5e-4 | step 60 ep. x0.2 | 5000 |
-| any, (Fashion-)MNIST     | 5 / 10 ep. | 128   | 0.05          | 5e-4 | cosine           | 5000 |
-| ImageNet-style or folder | 90 ep.     | 256   | 0.1           | 1e-4 | step 30 ep. x0.1 | 0    |
-| anything else            | 30 ep.     | 128   | 0.1           | 5e-4 | cosine           | 0    |
-
-``--recipe fast`` (CIFAR/plain/preact/wide models on CIFAR-10/100) trades the
-paper's 164 epochs (64k iterations) for 30: one-cycle lr peaking at 0.2, Nesterov
-momentum, wd 5e-4 off BatchNorm and biases, label smoothing 0.1 and flip test-time
-augmentation. To fit 30 minutes on a 2-core CPU it also trains the first epochs at lower
-resolution (progressive resizing as FFCV does for ResNets: 24x24 up to 35% of the run,
-growing to 32x32 at 65%; ``--min-res 0`` turns it off) and evaluates every 5 epochs
-(``--eval-every``) instead of every epoch. Its choices were made on the 45k/5k split
-(``--val-split 5000``); like the paper's final models it then trains on all 50k training
-images (``val_split`` 0). A
-weight EMA (``--model-ema``, training/ema.py) was measured with it and left off: at the
-end of the one-cycle run it trailed the weights themselves on the validation split. What it
-reaches on this machine, and how it was chosen: docs/results.md.
-
-"paper" divides the lr by 10 at 50% and 75% of the run (32k and 48k of 64k).
-CIFAR ResNet-110 and deeper also warm up at lr 0.01 for the first 400 iterations, then go
-back to 0.1 (paper, section 4.2). The paper's 45k/5k split is ``val_split`` 5000.
-
-A user's ``--epochs`` or ``--iterations`` replaces the recipe's length; the paper
-schedule's milestones sit at 50% and 75% of whatever the length is, so a short run
-keeps the shape of the long one.
-
-``precision`` "auto" and an unset ``channels_last`` are decided when the run starts, from
-the hardware (training/fast_path.py: bf16 only where it is native, channels_last on CPU
-and CUDA); config.json holds what the run used.
+A setting is one field of `TrainConfig`; its metadata (`setting(...)`) carries the help,
+choices and check, so the `resnetlab train` flags, the config-file keys and config.json all
+come from it (commands/flags.py turns the fields into flags). None means "the recipe
+decides"; the recipes are the tables below, and config.json holds the resolved values.
 """
 
 from __future__ import annotations
@@ -42,92 +11,211 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from resnetlab.device import DEVICE_PATTERN, PRECISIONS
 from resnetlab.errors import UserError
+from resnetlab.models import get_model_entry
 
-DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
-SCHEDULES = ("paper", "step", "cosine", "onecycle")
-OPTIMIZERS = ("sgd", "adamw")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: see training/fast_path.py
-WARMUP_METHODS = ("linear", "constant")
-RECIPES = ("default", "fast")
-TTA_CHOICES = ("none", "flip")
-# Deep CIFAR ResNets need the paper's warm-up: "we use 0.01 to warm up the training
-# until the training error is below 80% (about 400 iterations), and then go back to 0.1".
-PAPER_WARMUP_ITERATIONS = 400
-PAPER_WARMUP_DEPTH = 110
+CIFAR = ("cifar10", "cifar100")
+DATASET_CHOICES = ("mnist", "fashion-mnist", *CIFAR, "folder")
+
+
+def setting(default: Any = None, help: str = "", **meta: Any) -> Any:
+    """A TrainConfig field and its declaration.
+
+    ``meta`` keys: ``choices``; ``check`` (value -> message or None); ``flags`` (the
+    option strings, default ``--the-name``); ``flag=False`` for a record, not a setting;
+    ``group`` (mutually exclusive flags); ``negatable=False`` (a plain ``store_true``);
+    ``resume=True`` (a resumed run may change it); ``legacy`` (what runs whose config.json
+    predates the setting did, so that they still resume).
+    """
+    return field(default=default, metadata={"help": help, **meta})
+
+
+def at_least(low: int) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"must be at least {low}, got {v}"
+
+
+def positive(v: float) -> str | None:
+    return None if v > 0 else f"must be positive, got {v}"  # nan is not
+
+
+def not_negative(v: float) -> str | None:
+    return None if v >= 0 else f"must not be negative, got {v}"
+
+
+def fraction(v: float) -> str | None:
+    return None if 0 <= v < 1 else f"must be in [0, 1), got {v}"
+
+
+def below_one(v: float) -> str | None:
+    return not_negative(v) or (None if v < 1 else f"must be below 1, got {v}")
+
+
+def device_name(v: str) -> str | None:
+    return None if DEVICE_PATTERN.fullmatch(v) else f"must be auto, cpu, cuda or cuda:N, not {v!r}"
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run depends on; None means "the recipe decides" until `resolve`."""
+    """Everything a run depends on; None means "the recipe decides" until `fill_recipe`."""
 
-    model: str | None = None
-    dataset: str | None = None
-    data_path: str | None = None
-    download: bool = False
-    epochs: int | None = None
-    iterations: int | None = None  # when set, decides the length; epochs then follow from it
-    batch_size: int | None = None
-    eval_batch_size: int | None = None
-    opt: str | None = None
-    lr: float | None = None
-    momentum: float | None = None
-    nesterov: bool | None = None
-    weight_decay: float | None = None
-    no_wd_norm_bias: bool | None = None
-    schedule: str | None = None
-    warmup_epochs: float | None = None
-    warmup_iterations: int | None = None  # resolved from warmup_epochs, or set by the recipe
-    warmup_method: str | None = None
-    warmup_factor: float | None = None  # lr multiplier during (the start of) warm-up
-    lr_step_size: int | None = None  # epochs between decays of the step schedule
-    lr_gamma: float | None = None
-    label_smoothing: float | None = None
-    model_ema: bool | None = None  # evaluate and save an EMA of the weights (training/ema.py)
-    model_ema_decay: float | None = None  # per optimizer step
-    model_ema_steps: int | None = None  # steps between EMA updates
-    tta: str | None = None  # test-time augmentation of every evaluation: none or flip
-    eval_every: int | None = None  # epochs between evaluations; the last one is always evaluated
-    # Progressive resizing (FFCV's): train at side ``min_res`` (0: off) until the fraction
-    # ``res_ramp_start`` of the run, grow linearly to the full size at ``res_ramp_end``.
-    min_res: int | None = None
-    res_ramp_start: float | None = None
-    res_ramp_end: float | None = None
-    recipe: str | None = None  # which defaults fill the unset fields: default or fast
-    val_split: int | None = None
-    seed: int = 0
-    output_dir: str | None = None
-    device: str = "auto"
-    precision: str = "auto"  # resolved when the run starts (training/fast_path.py)
-    channels_last: bool | None = None  # None: resolved when the run starts, like precision
-    compile: bool = False
-    workers: int = 2
-    augment: str | None = None
-    skip_bad_images: bool = False
-    image_size: int | None = None  # folder datasets: train and eval crop
-    resize_size: int | None = None  # folder datasets: eval resize before the centre crop
-    print_freq: int = 50  # steps between progress updates (and finiteness checks)
-    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
-    # Processes the run trains with; batch_size is per process, so the global batch is
-    # batch_size * world_size. Set by `train` (a record, not a setting).
-    world_size: int = 1
+    model: str | None = setting(help="a registered model (see `resnetlab models`)")
+    dataset: str | None = setting(choices=DATASET_CHOICES)
+    data_path: str | None = setting(
+        help="dataset root (default: $RESNETLAB_DATA or ./data)", resume=True
+    )
+    download: bool = setting(False, "download the dataset if missing", negatable=False, resume=True)
+    epochs: int | None = setting(help="default: the recipe's length", check=at_least(1), group=1)
+    iterations: int | None = setting(
+        help="total optimizer steps (the paper's unit); decides the length when set",
+        check=at_least(1),
+        group=1,
+    )
+    batch_size: int | None = setting(
+        help="per process (default: the recipe's)", flags=("-b", "--batch-size"), check=at_least(1)
+    )
+    eval_batch_size: int | None = setting(
+        help="default: twice --batch-size", check=at_least(1), resume=True
+    )
+    opt: str | None = setting(choices=("sgd", "adamw"), help="default: sgd")
+    lr: float | None = setting(help="base learning rate (default: the recipe's)", check=positive)
+    momentum: float | None = setting(check=below_one)
+    nesterov: bool | None = setting()
+    weight_decay: float | None = setting(flags=("--wd", "--weight-decay"), check=not_negative)
+    no_wd_norm_bias: bool | None = setting(
+        help="no weight decay on normalization layers and biases", negatable=False
+    )
+    schedule: str | None = setting(
+        choices=("paper", "step", "cosine", "onecycle"),
+        help="paper: lr/10 at 50%% and 75%% of the run (32k, 48k of 64k)",
+    )
+    warmup_epochs: float | None = setting(check=not_negative)
+    warmup_iterations: int | None = setting(check=not_negative, flag=False)  # from warmup_epochs
+    warmup_method: str | None = setting(choices=("linear", "constant"))
+    warmup_factor: float | None = setting(
+        help="lr multiplier at the start of warm-up", check=positive
+    )
+    lr_step_size: int | None = setting(
+        help="epochs between decays (step schedule)", check=at_least(1)
+    )
+    lr_gamma: float | None = setting(help="decay factor (paper and step schedules)", check=positive)
+    label_smoothing: float | None = setting(check=fraction)
+    model_ema: bool | None = setting(
+        help="evaluate and save an exponential moving average of the weights (training/ema.py)"
+    )
+    model_ema_decay: float | None = setting(help="EMA decay per optimizer step", check=fraction)
+    model_ema_steps: int | None = setting(
+        help="optimizer steps between EMA updates", check=at_least(1)
+    )
+    tta: str | None = setting(choices=("none", "flip"), help="test-time augmentation of evals")
+    eval_every: int | None = setting(
+        help="epochs between evaluations (the last is always evaluated)",
+        check=at_least(1),
+        legacy=1,
+    )
+    # Progressive resizing (FFCV's): side ``min_res`` until the fraction ``res_ramp_start``
+    # of the run, growing linearly to the full size at ``res_ramp_end``.
+    min_res: int | None = setting(
+        help="progressive resizing: the first epochs' image side (0: off)",
+        check=not_negative,
+        legacy=0,
+    )
+    res_ramp_start: float | None = setting(help="fraction of the run where sides grow", legacy=0.0)
+    res_ramp_end: float | None = setting(help="fraction of the run at the full size", legacy=0.0)
+    recipe: str | None = setting(
+        choices=("default", "fast"),
+        help="the defaults of unset options: default (the paper's where it has one) or fast",
+    )
+    val_split: int | None = setting(
+        help="images held out of train for validation", check=not_negative
+    )
+    seed: int = setting(0, "model init, data order and split (default: 0)", check=not_negative)
+    output_dir: str | None = setting(help="default: runs/MODEL-DATASET-TIMESTAMP")
+    device: str = setting(
+        "auto", "auto (CUDA if present), cpu, cuda or cuda:N", check=device_name, resume=True
+    )
+    precision: str = setting(
+        "auto",
+        "auto: bf16 where the hardware has it natively, else fp32; fp16 needs CUDA",
+        choices=PRECISIONS,
+    )
+    channels_last: bool | None = setting(help="NHWC memory format (default: on for CPU and CUDA)")
+    compile: bool = setting(False, "torch.compile the model")
+    workers: int = setting(
+        2, "loader processes", flags=("-j", "--workers"), check=not_negative, resume=True
+    )
+    augment: str | None = setting(help="crop-flip, flip, cutout or none")
+    skip_bad_images: bool = setting(False, "skip unreadable images of a folder", negatable=False)
+    image_size: int | None = setting(help="folder datasets: crop size", check=at_least(1))
+    resize_size: int | None = setting(help="folder datasets: eval resize", check=at_least(1))
+    print_freq: int = setting(
+        50, "steps between progress updates (and finiteness checks)", check=at_least(1), resume=True
+    )
+    sync_bn: bool = setting(
+        False,
+        "BatchNorm statistics over all processes (torchrun, CUDA only)",
+        negatable=False,
+        legacy=False,
+    )
+    # Processes the run trains with; batch_size is per process. Set by `train`.
+    world_size: int = setting(1, check=at_least(1), flag=False, legacy=1)
 
 
-FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
-# What runs whose config.json predates these settings did, so that they still resume.
-BEFORE_SETTINGS = {
-    "sync_bn": False,
-    "world_size": 1,
-    "eval_every": 1,
-    "min_res": 0,
-    "res_ramp_start": 0.0,
-    "res_ramp_end": 0.0,
-}
+SETTINGS = {f.name: f for f in fields(TrainConfig)}
+FIELD_NAMES = tuple(SETTINGS)
+LEGACY = {name: f.metadata["legacy"] for name, f in SETTINGS.items() if "legacy" in f.metadata}
+RESUME_OVERRIDES = tuple(name for name, f in SETTINGS.items() if f.metadata.get("resume"))
+
+# --- recipes: what a field left unset becomes --------------------------------------------------
+
+COMMON = dict(
+    opt="sgd", momentum=0.9, nesterov=False, no_wd_norm_bias=False, label_smoothing=0.0,
+    warmup_epochs=0.0, warmup_method="linear", warmup_factor=0.01, lr_gamma=0.1,
+    lr_step_size=30, augment="crop-flip", model_ema=False, model_ema_decay=0.999,
+    model_ema_steps=32,  # torchvision's reference default
+    tta="none", eval_every=1, min_res=0, res_ramp_start=0.0, res_ramp_end=0.0, recipe="default",
+)  # fmt: skip
+MNIST = dict(batch_size=128, lr=0.05, weight_decay=5e-4, schedule="cosine", val_split=5000)
+# (datasets, model families, values): the first row that matches gives the defaults.
+RECIPES: list[tuple[tuple[str, ...] | None, tuple[str, ...] | None, dict[str, Any]]] = [
+    (("mnist",), None, {**MNIST, "epochs": 5, "augment": "none"}),
+    (("fashion-mnist",), None, {**MNIST, "epochs": 10, "augment": "none"}),
+    # The paper (section 4.2): 64k iterations of batch 128, lr 0.1 / 10 at 32k and 48k.
+    (CIFAR, ("cifar", "plain", "preact"), dict(
+        iterations=64_000, batch_size=128, lr=0.1, weight_decay=1e-4, schedule="paper",
+        val_split=5000)),
+    # Zagoruyko & Komodakis: 200 epochs, lr 0.1 x 0.2 every 60, Nesterov, wd 5e-4.
+    (CIFAR, ("wide",), dict(
+        epochs=200, batch_size=128, lr=0.1, nesterov=True, weight_decay=5e-4, schedule="step",
+        lr_step_size=60, lr_gamma=0.2, val_split=5000)),
+    # torchvision's ImageNet reference: 90 epochs, batch 256, lr 0.1 / 10 every 30.
+    (None, ("imagenet",), dict(
+        epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4, schedule="step", val_split=0)),
+    (("folder",), None, dict(
+        epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4, schedule="step", val_split=0)),
+    (None, None, dict(
+        epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, schedule="cosine", val_split=0)),
+]  # fmt: skip
+# "we use 0.01 to warm up the training until the training error is below 80% (about 400
+# iterations), and then go back to 0.1" (paper, section 4.2), for ResNet-110 and deeper.
+PAPER_WARMUP = dict(warmup_iterations=400, warmup_method="constant", warmup_factor=0.1)
+PAPER_WARMUP_DEPTH = 110
+# ResNet-20's published accuracy in 30 epochs, not 164 (docs/results.md): one-cycle, label
+# smoothing, flip TTA, progressive resizing 24 -> 32 px; chosen on the 45k/5k split, trained
+# on all 50k as the paper's final models.
+FAST = dict(
+    epochs=30, iterations=None, batch_size=128, lr=0.2, nesterov=True, weight_decay=5e-4,
+    no_wd_norm_bias=True, label_smoothing=0.1, schedule="onecycle", warmup_iterations=0,
+    tta="flip", eval_every=5, min_res=24, res_ramp_start=0.35, res_ramp_end=0.65, val_split=0,
+    recipe="fast",
+)  # fmt: skip
+FAST_FAMILIES = ("cifar", "plain", "preact", "wide")
 
 
 def model_depth(model: str) -> int:
@@ -137,119 +225,25 @@ def model_depth(model: str) -> int:
 
 
 def recipe(model: str, family: str, dataset: str, name: str = "default") -> dict[str, Any]:
-    """The defaults for ``model`` (of registry ``family``) on ``dataset``: see the module table."""
+    """The defaults for ``model`` (of registry ``family``) on ``dataset``: the tables above."""
     if name == "fast":
-        return fast_recipe(model, family, dataset)
-    common = {
-        "opt": "sgd",
-        "momentum": 0.9,
-        "nesterov": False,
-        "no_wd_norm_bias": False,
-        "label_smoothing": 0.0,
-        "warmup_epochs": 0.0,
-        "warmup_method": "linear",
-        "warmup_factor": 0.01,
-        "lr_gamma": 0.1,
-        "lr_step_size": 30,
-        "augment": "crop-flip",
-        "model_ema": False,
-        "model_ema_decay": 0.999,
-        "model_ema_steps": 32,  # torchvision's reference default
-        "tta": "none",
-        "eval_every": 1,
-        "min_res": 0,
-        "res_ramp_start": 0.0,
-        "res_ramp_end": 0.0,
-        "recipe": "default",
-    }
-    if dataset in ("mnist", "fashion-mnist"):
-        return {
-            **common,
-            "epochs": 5 if dataset == "mnist" else 10,
-            "batch_size": 128,
-            "lr": 0.05,
-            "weight_decay": 5e-4,
-            "schedule": "cosine",
-            "val_split": 5000,
-            "augment": "none",
-        }
-    if dataset in ("cifar10", "cifar100") and family in ("cifar", "plain", "preact"):
-        out = {
-            **common,
-            "iterations": 64_000,
-            "batch_size": 128,
-            "lr": 0.1,
-            "weight_decay": 1e-4,
-            "schedule": "paper",
-            "val_split": 5000,
-        }
-        if model_depth(model) >= PAPER_WARMUP_DEPTH:
-            out.update(
-                warmup_iterations=PAPER_WARMUP_ITERATIONS,
-                warmup_method="constant",
-                warmup_factor=0.1,
+        if dataset not in CIFAR or family not in FAST_FAMILIES:
+            raise UserError(
+                f"the fast recipe is for CIFAR models on cifar10/cifar100, not {model} on {dataset}"
             )
-        return out
-    if dataset in ("cifar10", "cifar100") and family == "wide":
-        return {
-            **common,
-            "epochs": 200,
-            "batch_size": 128,
-            "lr": 0.1,
-            "nesterov": True,
-            "weight_decay": 5e-4,
-            "schedule": "step",
-            "lr_step_size": 60,
-            "lr_gamma": 0.2,
-            "val_split": 5000,
-        }
-    if family == "imagenet" or dataset == "folder":
-        return {
-            **common,
-            "epochs": 90,
-            "batch_size": 256,
-            "lr": 0.1,
-            "weight_decay": 1e-4,
-            "schedule": "step",
-            "val_split": 0,
-        }
-    return {
-        **common,
-        "epochs": 30,
-        "batch_size": 128,
-        "lr": 0.1,
-        "weight_decay": 5e-4,
-        "schedule": "cosine",
-        "val_split": 0,
-    }
+        return {**recipe(model, family, dataset), **FAST}
+    values = next(
+        v
+        for datasets, families, v in RECIPES
+        if (datasets is None or dataset in datasets) and (families is None or family in families)
+    )
+    out = {**COMMON, **values}
+    if out["schedule"] == "paper" and model_depth(model) >= PAPER_WARMUP_DEPTH:
+        out.update(PAPER_WARMUP)
+    return out
 
 
-def fast_recipe(model: str, family: str, dataset: str) -> dict[str, Any]:
-    """Aims at ResNet-20's published accuracy in 30 epochs, not 164: see the module docstring."""
-    if dataset not in ("cifar10", "cifar100") or family not in ("cifar", "plain", "preact", "wide"):
-        raise UserError(
-            f"the fast recipe is for CIFAR models on cifar10/cifar100, not {model} on {dataset}"
-        )
-    return {
-        **recipe(model, family, dataset),
-        "epochs": 30,
-        "iterations": None,
-        "batch_size": 128,
-        "lr": 0.2,
-        "nesterov": True,
-        "weight_decay": 5e-4,
-        "no_wd_norm_bias": True,
-        "label_smoothing": 0.1,
-        "schedule": "onecycle",
-        "warmup_iterations": 0,
-        "tta": "flip",
-        "eval_every": 5,  # the test set at epochs 5, 10, ..., 30: 6 s each, not every epoch
-        "min_res": 24,  # 12 epochs at 24x24, 5 at 28x28, the last 13 at 32x32: ~0.78 of the cost
-        "res_ramp_start": 0.35,
-        "res_ramp_end": 0.65,
-        "val_split": 0,  # chosen on --val-split 5000; the result trains on all 50k, as the paper's
-        "recipe": "fast",
-    }
+# --- reading, merging, checking ----------------------------------------------------------------
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -259,10 +253,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path).expanduser()
     try:
         text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read config file {p}: {e.strerror or e}") from None
-    try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(
+            f"cannot read config file {p}: {getattr(e, 'strerror', None) or e}"
+        ) from None
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot parse config file {p}: {first}") from None
@@ -273,7 +268,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             f"config file {p} must hold a mapping of settings, not a {type(data).__name__}"
         )
     out = {str(k).replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(k for k in out if k not in FIELD_NAMES)
+    unknown = sorted(k for k in out if k not in SETTINGS)
     if unknown:
         raise UserError(f"config file {p}: unknown setting(s) {', '.join(unknown)}")
     return out
@@ -308,85 +303,46 @@ def fill_recipe(cfg: TrainConfig, family: str) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def check_types(cfg: TrainConfig) -> None:
-    """A config file can hold anything; catch wrong types with one line, not a traceback."""
-    expect = {
-        "model": str,
-        "dataset": str,
-        "opt": str,
-        "schedule": str,
-        "device": str,
-        "precision": str,
-        "warmup_method": str,
-        "augment": str,
-        "tta": str,
-        "recipe": str,
-    }
-    for f in fields(TrainConfig):
-        v = getattr(cfg, f.name)
-        if v is None:
-            continue
-        kind = expect.get(f.name) or _kind(f)
-        ok = isinstance(v, kind) and not (kind in (int, float) and isinstance(v, bool))
-        if kind is float and isinstance(v, int) and not isinstance(v, bool):
-            setattr(cfg, f.name, float(v))
-            ok = True
-        if not ok:
-            raise UserError(f"{f.name} must be {kind.__name__}, got {v!r}")
+def resolve_config(file_values: dict[str, Any], flags: dict[str, Any]) -> TrainConfig:
+    """recipe < config file < flags, checked; the length is resolved later, from the data."""
+    cfg = merge(file_values, flags)
+    if not cfg.model or not cfg.dataset:
+        raise UserError("--model and --dataset are required (or a --config that sets them)")
+    validate(cfg)  # names and numbers first, so the error names what the user typed
+    cfg = fill_recipe(cfg, get_model_entry(cfg.model).family)
+    validate(cfg)
+    if cfg.output_dir is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        cfg.output_dir = str(Path("runs") / f"{cfg.model}-{cfg.dataset}-{stamp}")
+    return cfg
 
 
-def _kind(f: dataclasses.Field) -> type:
+def kind(f: dataclasses.Field) -> type:
+    """The type a setting holds (``int | None`` -> int)."""
     t = str(f.type)
-    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
-        if t.startswith(name):
-            return kind
-    return object
+    return next(k for n, k in (("bool", bool), ("int", int), ("float", float), ("str", str))
+                if t.startswith(n))  # fmt: skip
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Nonsense numbers and unknown choices, caught before any data is read or file written."""
-    check_types(cfg)
-    choices = {
-        "dataset": DATASET_CHOICES,
-        "schedule": SCHEDULES,
-        "opt": OPTIMIZERS,
-        "device": DEVICES,
-        "precision": PRECISIONS,
-        "warmup_method": WARMUP_METHODS,
-        "tta": TTA_CHOICES,
-        "recipe": RECIPES,
-    }
-    for key, allowed in choices.items():
-        v = getattr(cfg, key)
-        if v is not None and v not in allowed:
-            raise UserError(f"unknown {key} {v!r}; choose from {', '.join(allowed)}")
-    positive = ("epochs", "iterations", "batch_size", "eval_batch_size", "lr_step_size")
-    positive += ("print_freq", "image_size", "resize_size", "model_ema_steps", "eval_every")
-    for key in positive:
-        v = getattr(cfg, key)
-        if v is not None and v < 1:
-            raise UserError(f"{key.replace('_', '-')} must be at least 1, got {v}")
-    for key in ("lr", "lr_gamma", "warmup_factor"):
-        v = getattr(cfg, key)
-        if v is not None and not v > 0:
-            raise UserError(f"{key.replace('_', '-')} must be positive, got {v}")
-    not_negative = ("momentum", "weight_decay", "warmup_epochs", "warmup_iterations", "val_split")
-    for key in (*not_negative, "min_res"):
-        v = getattr(cfg, key)
-        if v is not None and v < 0:
-            raise UserError(f"{key.replace('_', '-')} must not be negative, got {v}")
-    if cfg.workers < 0:
-        raise UserError(f"workers must not be negative, got {cfg.workers}")
-    if cfg.world_size < 1:
-        raise UserError(f"world_size must be at least 1, got {cfg.world_size}")
-    if cfg.seed < 0:
-        raise UserError(f"seed must not be negative, got {cfg.seed}")
-    if cfg.momentum is not None and cfg.momentum >= 1:
-        raise UserError(f"momentum must be below 1, got {cfg.momentum}")
-    if cfg.label_smoothing is not None and not 0 <= cfg.label_smoothing < 1:
-        raise UserError(f"label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    if cfg.model_ema_decay is not None and not 0 <= cfg.model_ema_decay < 1:
-        raise UserError(f"model-ema-decay must be in [0, 1), got {cfg.model_ema_decay}")
+    """Wrong types, unknown choices and nonsense numbers, before any data is read."""
+    for name, f in SETTINGS.items():
+        v = getattr(cfg, name)
+        if v is None:
+            continue
+        expected = kind(f)
+        if expected is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+            setattr(cfg, name, v)
+        if not isinstance(v, expected) or (expected in (int, float) and isinstance(v, bool)):
+            raise UserError(f"{name} must be {expected.__name__}, got {v!r}")
+        choices = f.metadata.get("choices")
+        if choices and v not in choices:
+            raise UserError(f"unknown {name} {v!r}; choose from {', '.join(choices)}")
+        check = f.metadata.get("check")
+        problem = check(v) if check else None
+        if problem:
+            raise UserError(f"{name.replace('_', '-')} {problem}")
     start, end = cfg.res_ramp_start, cfg.res_ramp_end
     if start is not None and end is not None and not 0 <= start <= end <= 1:
         raise UserError(f"need 0 <= res-ramp-start <= res-ramp-end <= 1, got {start} and {end}")

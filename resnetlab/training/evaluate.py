@@ -1,29 +1,18 @@
-"""Evaluate a trained model: top-1, top-5, loss, per-class accuracy and a confusion matrix.
-
-  resnetlab eval --checkpoint runs/resnet20-cifar10-20260101-120000
-  resnetlab eval --checkpoint runs/RUN/last.safetensors --split val --tta flip --json
-  resnetlab eval --checkpoint model.safetensors --dataset cifar10 --data-path ~/data
-
-A run folder gives its best checkpoint (else its last); the dataset, data root and
-validation split default to the ones the run trained with. Accuracies are in percent.
-"""
+"""Evaluation in one pass: top-1, top-5, loss, per-class accuracy and the confusion matrix."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.device import resolve_device, resolve_precision
 from resnetlab.errors import UserError
+from resnetlab.training.distributed import sum_across_ranks
 
 
 @dataclass
@@ -111,8 +100,6 @@ def evaluate(
         param = next(model.parameters(), None)
         loss_sum, counts = zeros(param.device if param is not None else torch.device("cpu"))
     if getattr(loader, "world_size", 1) > 1:
-        from resnetlab.training.distributed import sum_across_ranks
-
         with torch.inference_mode():  # the sums are inference tensors: update them in it
             sum_across_ranks(loss_sum)
             sum_across_ranks(counts)
@@ -133,160 +120,3 @@ def evaluate(
         per_class=per_class,
         confusion=matrix.tolist(),
     )
-
-
-# --- the `eval` command ---------------------------------------------------------------------
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--checkpoint",
-        required=True,
-        metavar="RUN_DIR_OR_FILE",
-        help="a run folder, a .safetensors file, or a last.state.pt",
-    )
-    p.add_argument("--dataset", help="default: the dataset the model was trained on")
-    p.add_argument(
-        "--data-path", help="dataset root (default: the run's, else $RESNETLAB_DATA or ./data)"
-    )
-    p.add_argument("--download", action="store_true", help="download the dataset if missing")
-    p.add_argument("--split", choices=("test", "val"), default="test")
-    p.add_argument("--val-split", type=int, help="validation size (default: the run's)")
-    p.add_argument("--seed", type=int, help="seed of the validation split (default: the run's)")
-    p.add_argument(
-        "--tta",
-        choices=("none", "flip"),
-        default="none",
-        help="test-time augmentation: average with the mirror image",
-    )
-    p.add_argument("-b", "--batch-size", type=int, default=256)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument(
-        "--output-dir", help="where the confusion-matrix PNG goes (default: the run folder)"
-    )
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-
-
-def _run_config(path: Path) -> tuple[Path, dict]:
-    """The folder the checkpoint belongs to and that run's config.json ({} if none)."""
-    folder = path if path.is_dir() else path.parent
-    cfg_file = folder / "config.json"
-    if cfg_file.is_file():
-        try:
-            cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            cfg = {}
-        if isinstance(cfg, dict) and "val_split" in cfg:  # a training config, not a bundle's meta
-            return folder, cfg
-    return folder, {}
-
-
-def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict, str]:
-    """Any checkpoint `train` writes: a run folder, a .safetensors file or a state file."""
-    from resnetlab.models import create_model
-    from resnetlab.models.weights import load_checkpoint, load_into, resolve_weights_path
-    from resnetlab.training.checkpoint import load_state
-
-    if path.is_file() and path.name.endswith(".state.pt"):
-        state = load_state(path)
-        meta = state["meta"]
-        model = create_model(
-            meta["model"],
-            num_classes=meta["num_classes"],
-            in_channels=meta["in_channels"],
-            **(meta.get("model_kwargs") or {}),
-        )
-        load_into(model, state["model"], source=f"weights in {path}")
-        return model.to(device).eval(), meta, str(path)
-    file = resolve_weights_path(path)
-    model, meta = load_checkpoint(file, map_location=device)
-    return model, meta, str(file)
-
-
-def run(args: argparse.Namespace) -> int:
-    from resnetlab.data import build_loaders
-    from resnetlab.inference.fast import optimize_for_inference
-    from resnetlab.reports.curves import plot_confusion
-
-    path = Path(args.checkpoint).expanduser()
-    if not path.exists():
-        raise UserError(f"no such checkpoint: {path}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    device = resolve_device(args.device)
-    resolve_precision(args.precision, device)
-    folder, run_cfg = _run_config(path)
-    model, meta, source = load_model(path, device)
-
-    dataset = args.dataset or meta.get("dataset")
-    if not dataset:
-        raise UserError(f"{source} does not say which dataset it was trained on; pass --dataset")
-    same_data = dataset == run_cfg.get("dataset")
-    data_path = args.data_path or (run_cfg.get("data_path") if same_data else None)
-    val_split = args.val_split if args.val_split is not None else run_cfg.get("val_split", 0)
-    seed = args.seed if args.seed is not None else run_cfg.get("seed", 0)
-    if args.split == "val" and not val_split:
-        raise UserError(
-            "this run held out no validation set; pass --val-split N or use --split test"
-        )
-    image_size = (meta.get("input_size") or [None, None, 224])[-1] or 224
-    bundle = build_loaders(
-        dataset,
-        data_path,
-        download=args.download,
-        batch_size=1,  # the training loader goes unused here
-        eval_batch_size=args.batch_size,
-        val_split=val_split if args.split == "val" else 0,
-        seed=seed,
-        device=str(device),
-        workers=args.workers,
-        image_size=image_size,
-        resize_size=meta.get("resize_size") or 256,
-        classes=meta.get("classes") if dataset == "folder" else None,
-    )
-    if bundle.in_channels != meta["in_channels"] or bundle.num_classes != meta["num_classes"]:
-        raise UserError(
-            f"{source} holds a {meta['model']} for {meta['in_channels']}-channel images and "
-            f"{meta['num_classes']} classes; {dataset} has {bundle.in_channels} and "
-            f"{bundle.num_classes}"
-        )
-    loader = bundle.val if args.split == "val" else bundle.test
-    if loader is None:
-        raise UserError(f"{dataset} has no {args.split} split")
-    tta = None if args.tta == "none" else args.tta
-    # BatchNorm folded and channels_last (fp32; --precision still decides the autocast).
-    model = optimize_for_inference(model, precision="fp32")
-    result = evaluate(
-        model, loader, num_classes=bundle.num_classes, precision=args.precision, tta=tta
-    )
-
-    out_dir = Path(args.output_dir).expanduser() if args.output_dir else folder
-    png = out_dir / f"confusion-{dataset}-{args.split}.png"
-    title = f"{meta['model']} on {dataset} {args.split}: top-1 {result.top1:.2f}%"
-    plot_confusion(result.confusion, list(bundle.classes), png, title)
-
-    report = {
-        "checkpoint": source,
-        "model": meta["model"],
-        "epoch": meta.get("epoch"),
-        "dataset": dataset,
-        "split": args.split,
-        "tta": args.tta,
-        "device": str(device),
-        **result.as_dict(list(bundle.classes)),
-        "confusion_png": str(png),
-    }
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    print(f"checkpoint  {source} ({meta['model']}, epoch {meta.get('epoch')})")
-    print(f"data        {dataset} {args.split}, {result.num_samples} images, tta {args.tta}")
-    print(f"top-1 {result.top1:.2f}%   top-5 {result.top5:.2f}%   loss {result.loss:.4f}")
-    width = max(len(c) for c in bundle.classes)
-    print("per-class accuracy:")
-    for name, acc in zip(bundle.classes, result.per_class, strict=True):
-        print(f"  {name:<{width}}  {acc:6.2f}%")
-    print(f"confusion matrix: {png}")
-    return 0

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from resnetlab.commands.flags import add_setting
 from resnetlab.errors import UserError
 from resnetlab.reports.experiment import (
     Experiment,
@@ -26,6 +27,10 @@ from resnetlab.reports.experiment import (
     load_experiment,
     scale_length,
 )
+from resnetlab.reports.report import write_report
+from resnetlab.training.config import TrainConfig, resolve_config, validate
+from resnetlab.training.engine import train
+from resnetlab.training.run_folder import check_output_dir, read_run
 
 # Settings the command line may set for every run of an experiment.
 PASSED_THROUGH = ("device", "data_path", "download", "precision", "channels_last", "workers")
@@ -42,12 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="multiply every run's length (and warm-up) by this, keeping its shape",
     )
     p.add_argument("--only", nargs="+", metavar="MODEL", help="only these runs (and opt-in ones)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--data-path", help="torchvision-style dataset root (or RESNETLAB_DATA)")
-    p.add_argument("--download", action="store_true", default=None)
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
-    p.add_argument("--channels-last", action="store_true", default=None)
-    p.add_argument("--workers", type=int)
+    for name in PASSED_THROUGH:
+        add_setting(p, name)
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state only")
 
 
@@ -66,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
             continue
         train_run(spec, run_dir, overrides, args.epochs_scale, resume=state != "new")
     if not args.dry_run:
-        from resnetlab.reports.report import write_report
-
         path = write_report(out_root, exp)
         print(f"report: {path}")
     return 0
@@ -84,9 +83,6 @@ def run_state(run_dir: Path) -> str:
 
 def resolve_run(spec: RunSpec, run_dir: Path, overrides: dict[str, Any], epochs_scale: float):
     """The run's full TrainConfig: recipe < experiment < command line, then scaled."""
-    from resnetlab.training.config import TrainConfig, validate
-    from resnetlab.training.train import resolve_config
-
     cfg = resolve_config({}, {**spec.settings, **overrides, "output_dir": str(run_dir)})
     if epochs_scale != 1.0:
         cfg = TrainConfig(**scale_length(asdict(cfg), epochs_scale))
@@ -97,10 +93,8 @@ def resolve_run(spec: RunSpec, run_dir: Path, overrides: dict[str, Any], epochs_
 def train_run(
     spec: RunSpec, run_dir: Path, overrides: dict[str, Any], epochs_scale: float, resume: bool
 ) -> dict:
-    from resnetlab.training.train import check_output_dir, prepare_resume, train
-
     if resume:
-        cfg, state = prepare_resume(run_dir, overrides, None)
+        cfg, state = read_run(run_dir, overrides)
         return train(cfg, run_dir, state=state, resume=True)
     cfg = resolve_run(spec, run_dir, overrides, epochs_scale)
     check_output_dir(run_dir, overwrite=False)

@@ -1,0 +1,161 @@
+"""Evaluate a trained model: top-1, top-5, loss, per-class accuracy and a confusion matrix.
+
+  resnetlab eval --checkpoint runs/resnet20-cifar10-20260101-120000
+  resnetlab eval --checkpoint runs/RUN/last.safetensors --split val --tta flip --json
+  resnetlab eval --checkpoint model.safetensors --dataset cifar10 --data-path ~/data
+
+A run folder gives its best checkpoint (else its last); the dataset, data root and
+validation split default to the ones the run trained with. Accuracies are in percent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from resnetlab.commands.flags import add_checkpoint, add_inference, add_setting
+from resnetlab.data import build_loaders
+from resnetlab.device import resolve_device, resolve_precision
+from resnetlab.errors import UserError
+from resnetlab.inference.fast import optimize_for_inference
+from resnetlab.models import create_model
+from resnetlab.models.weights import load_checkpoint, load_into, resolve_weights_path
+from resnetlab.training.checkpoint import load_state
+from resnetlab.training.curves import plot_confusion
+from resnetlab.training.evaluate import evaluate
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_checkpoint(p, "a run folder, a .safetensors file, or a last.state.pt")
+    p.add_argument("--dataset", help="default: the dataset the model was trained on")
+    add_setting(p, "data_path", help="dataset root (default: the run's, else $RESNETLAB_DATA)")
+    add_setting(p, "download", default=False)
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--val-split", type=int, help="validation size (default: the run's)")
+    p.add_argument("--seed", type=int, help="seed of the validation split (default: the run's)")
+    add_setting(p, "tta", default="none")
+    add_inference(p, batch_size=256, precision="fp32")
+    add_setting(p, "workers", default=2)
+    p.add_argument(
+        "--output-dir", help="where the confusion-matrix PNG goes (default: the run folder)"
+    )
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def _run_config(path: Path) -> tuple[Path, dict]:
+    """The folder the checkpoint belongs to and that run's config.json ({} if none)."""
+    folder = path if path.is_dir() else path.parent
+    cfg_file = folder / "config.json"
+    if cfg_file.is_file():
+        try:
+            cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            cfg = {}
+        if isinstance(cfg, dict) and "val_split" in cfg:  # a training config, not a bundle's meta
+            return folder, cfg
+    return folder, {}
+
+
+def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict, str]:
+    """Any checkpoint `train` writes: a run folder, a .safetensors file or a state file."""
+    if path.is_file() and path.name.endswith(".state.pt"):
+        state = load_state(path)
+        meta = state["meta"]
+        model = create_model(
+            meta["model"],
+            num_classes=meta["num_classes"],
+            in_channels=meta["in_channels"],
+            **(meta.get("model_kwargs") or {}),
+        )
+        load_into(model, state["model"], source=f"weights in {path}")
+        return model.to(device).eval(), meta, str(path)
+    file = resolve_weights_path(path)
+    model, meta = load_checkpoint(file, map_location=device)
+    return model, meta, str(file)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.checkpoint).expanduser()
+    if not path.exists():
+        raise UserError(f"no such checkpoint: {path}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    device = resolve_device(args.device)
+    resolve_precision(args.precision, device)
+    folder, run_cfg = _run_config(path)
+    model, meta, source = load_model(path, device)
+
+    dataset = args.dataset or meta.get("dataset")
+    if not dataset:
+        raise UserError(f"{source} does not say which dataset it was trained on; pass --dataset")
+    same_data = dataset == run_cfg.get("dataset")
+    data_path = args.data_path or (run_cfg.get("data_path") if same_data else None)
+    val_split = args.val_split if args.val_split is not None else run_cfg.get("val_split", 0)
+    seed = args.seed if args.seed is not None else run_cfg.get("seed", 0)
+    if args.split == "val" and not val_split:
+        raise UserError(
+            "this run held out no validation set; pass --val-split N or use --split test"
+        )
+    image_size = (meta.get("input_size") or [None, None, 224])[-1] or 224
+    bundle = build_loaders(
+        dataset,
+        data_path,
+        download=args.download,
+        batch_size=1,  # the training loader goes unused here
+        eval_batch_size=args.batch_size,
+        val_split=val_split if args.split == "val" else 0,
+        seed=seed,
+        device=str(device),
+        workers=args.workers,
+        image_size=image_size,
+        resize_size=meta.get("resize_size") or 256,
+        classes=meta.get("classes") if dataset == "folder" else None,
+    )
+    if bundle.in_channels != meta["in_channels"] or bundle.num_classes != meta["num_classes"]:
+        raise UserError(
+            f"{source} holds a {meta['model']} for {meta['in_channels']}-channel images and "
+            f"{meta['num_classes']} classes; {dataset} has {bundle.in_channels} and "
+            f"{bundle.num_classes}"
+        )
+    loader = bundle.val if args.split == "val" else bundle.test
+    if loader is None:
+        raise UserError(f"{dataset} has no {args.split} split")
+    tta = None if args.tta == "none" else args.tta
+    # BatchNorm folded and channels_last (fp32; --precision still decides the autocast).
+    model = optimize_for_inference(model, precision="fp32")
+    result = evaluate(
+        model, loader, num_classes=bundle.num_classes, precision=args.precision, tta=tta
+    )
+
+    out_dir = Path(args.output_dir).expanduser() if args.output_dir else folder
+    png = out_dir / f"confusion-{dataset}-{args.split}.png"
+    title = f"{meta['model']} on {dataset} {args.split}: top-1 {result.top1:.2f}%"
+    plot_confusion(result.confusion, list(bundle.classes), png, title)
+
+    report = {
+        "checkpoint": source,
+        "model": meta["model"],
+        "epoch": meta.get("epoch"),
+        "dataset": dataset,
+        "split": args.split,
+        "tta": args.tta,
+        "device": str(device),
+        **result.as_dict(list(bundle.classes)),
+        "confusion_png": str(png),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"checkpoint  {source} ({meta['model']}, epoch {meta.get('epoch')})")
+    print(f"data        {dataset} {args.split}, {result.num_samples} images, tta {args.tta}")
+    print(f"top-1 {result.top1:.2f}%   top-5 {result.top5:.2f}%   loss {result.loss:.4f}")
+    width = max(len(c) for c in bundle.classes)
+    print("per-class accuracy:")
+    for name, acc in zip(bundle.classes, result.per_class, strict=True):
+        print(f"  {name:<{width}}  {acc:6.2f}%")
+    print(f"confusion matrix: {png}")
+    return 0

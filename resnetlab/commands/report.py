@@ -1,0 +1,35 @@
+"""Write report.md and pictures for an experiment folder, next to the published numbers.
+
+  resnetlab report runs/cifar10-table                  # experiment taken from the folder name
+  resnetlab report runs/my-dir --experiment degradation
+
+report.md holds one table (model, parameters, paper test error, ours as mean ± std over
+seeds, best validation error, epochs, wall time, hardware) and, for runs that evaluated
+the test set after every epoch (no validation split), when each first reached the
+paper's accuracy; fig6.png is the paper's
+Figure 6 analogue (plain nets left, ResNets right; training error dashed, held-out error
+solid); curves.png shows the accuracy curves of every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from resnetlab.errors import UserError
+from resnetlab.reports.experiment import load_experiment
+from resnetlab.reports.report import write_report
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment_dir", help="folder holding one sub-folder per run")
+    p.add_argument("--experiment", help="experiment name or YAML (default: the folder's name)")
+
+
+def run(args: argparse.Namespace) -> int:
+    folder = Path(args.experiment_dir).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such experiment folder")
+    exp = load_experiment(args.experiment or folder.name)
+    print(f"report: {write_report(folder, exp)}")
+    return 0
