@@ -6,6 +6,7 @@ Runs use a tiny generated MNIST (tests/fakedata.py) and mnist_cnn.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import resource
 import signal
@@ -97,3 +98,15 @@ def test_a_write_that_fails_is_one_line_and_keeps_the_checkpoint(data_root, tmp_
         k: v for k, v in before.items() if k != ".lock"
     }  # the last checkpoint and every record as they were; no temporary left behind
     assert main(["train", "--resume", str(out)]) == 0  # and the run still resumes
+
+
+@pytest.mark.parametrize(("extra", "looks"), [((), 1), (("--val-split", "0"), 3)])
+def test_summary_counts_the_looks_at_the_test_set(data_root, tmp_path, extra, looks):
+    """With a validation split the test set is seen once, at the end; without one, at every
+    evaluated epoch (here 1, 2, 3), the final figure reusing the last look."""
+    out = tmp_path / "run"
+    assert main([*train_args(data_root, out, epochs=3), *extra]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_evaluations"] == looks
+    rows = (out / "metrics.csv").read_text().splitlines()[1:]
+    assert sum(",test," in row for row in rows) == (looks if extra else 0)

@@ -30,6 +30,14 @@ class RunResult:
         test = (self.summary or {}).get("test")
         return None if not test else 100.0 - test["top1"]
 
+    @property
+    def test_evaluations(self) -> int:
+        """Times the run looked at the test set: summary.json says (runs before it: metrics)."""
+        if self.summary and "test_evaluations" in self.summary:
+            return int(self.summary["test_evaluations"])
+        during = sum(m.get("eval_split") == "test" for m in self.metrics)
+        return during or int(bool((self.summary or {}).get("test")))
+
 
 def collect_runs(folder: Path) -> list[RunResult]:
     """Every run folder (one with a config.json) below ``folder``, in name order."""
@@ -71,8 +79,9 @@ def write_report(folder: Path, exp: Experiment) -> Path:
     citation = exp.published.get("citation")
     if citation:
         lines += ["", f"Published numbers: {' '.join(str(citation).split())}"]
-    lines += ["", "Test error is measured once, after the last epoch, on the test set; the best",
-              "validation error is the lowest error on the held-out part of the training set.",
+    lines += ["", "Our test error is the one after the last epoch, never the best of several",
+              "test evaluations (the column says how many each run made); the best validation",
+              "error is the lowest error on the held-out part of the training set.",
               ""]  # fmt: skip
     lines += time_to_paper_table(runs, exp)
     if any(r.family == "plain" for r in runs) and any(r.family != "plain" for r in runs):
@@ -92,8 +101,8 @@ def results_table(runs: list[RunResult], exp: Experiment) -> list[str]:
         by_model[r.model].append(r)
     rows = [
         "| model | parameters | paper test error (%) | our test error (%) | "
-        "best val error (%) | epochs | wall time | hardware |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "best val error (%) | epochs | test evaluations | wall time | hardware |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for model, group in by_model.items():
         done = [r for r in group if r.summary is not None]
@@ -118,6 +127,7 @@ def results_table(runs: list[RunResult], exp: Experiment) -> list[str]:
                     ),
                     mean_std(vals),
                     "/".join(str(e) for e in epochs),
+                    "/".join(str(n) for n in sorted({r.test_evaluations for r in done})),
                     f"{statistics.mean(hours):.2f} h" if hours else "",
                     ", ".join(hardware),
                 ]
@@ -177,8 +187,9 @@ def time_to_paper_table(runs: list[RunResult], exp: Experiment) -> list[str]:
         if hit:
             by_model[r.model].append(hit)
         final = (r.summary.get("test") or {}).get("top1")
+        best_of = f" (best of {r.test_evaluations}†)" if hit and r.test_evaluations > 1 else ""
         rows.append(
-            f"| {r.name} | {accuracy:.2f} | {hit[0] if hit else 'not reached'} | "
+            f"| {r.name} | {accuracy:.2f} | {f'{hit[0]}{best_of}' if hit else 'not reached'} | "
             f"{f'{hit[1] / 60:.1f}' if hit else ''} | "
             f"{f'{final:.2f}' if final is not None else ''} | "
             f"{r.summary.get('wall_time_s', 0) / 60:.1f} |"
@@ -196,7 +207,8 @@ def time_to_paper_table(runs: list[RunResult], exp: Experiment) -> list[str]:
         "The test set, evaluated as the runs went for the record (they keep no validation",
         "split and choose nothing on it; every epoch, or every `eval_every` epochs and the",
         "last): the first evaluated epoch at or above the paper's test accuracy, and the",
-        "minutes of training and evaluation through it.",
+        "minutes of training and evaluation through it. † The epoch is picked from several",
+        "test evaluations, so it is an optimistic figure; the final accuracy is not picked.",
         "",
         "| run | paper's test accuracy (%) | first epoch at or above it | minutes then | "
         "test accuracy after the last epoch (%) | wall time (min) |",
