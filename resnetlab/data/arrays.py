@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
+from resnetlab.data.cifar import load_cifar
 from resnetlab.data.info import get_info
+from resnetlab.data.mnist import load_mnist
 from resnetlab.data.root import resolve_root
 
 
@@ -20,10 +22,5 @@ def load_arrays(
     """Images uint8 ``[N, C, H, W]`` and labels int64 ``[N]`` of a DATASETS entry."""
     info = get_info(name)
     path = Path(resolve_root(root))
-    if info.name in ("cifar10", "cifar100"):
-        from resnetlab.data.cifar import load_cifar
-
-        return load_cifar(info.name, path, train, download)
-    from resnetlab.data.mnist import load_mnist
-
-    return load_mnist(info.name, path, train, download)
+    reader = load_cifar if info.name.startswith("cifar") else load_mnist
+    return reader(info.name, path, train, download)

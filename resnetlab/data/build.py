@@ -8,46 +8,18 @@ protocol, so the training loop never knows which it has.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Sequence
 
 import torch
-from torch import Tensor
 
 from resnetlab.data.arrays import load_arrays
+from resnetlab.data.bundle import DataBundle
+from resnetlab.data.folder import build_folder_loaders
 from resnetlab.data.in_memory import AUGMENTS, InMemoryLoader, check_positive
 from resnetlab.data.info import get_info
 from resnetlab.data.root import resolve_root
 from resnetlab.data.split import holdout_split
 from resnetlab.errors import UserError
-
-
-class Loader(Protocol):
-    """What a training or evaluation loop may rely on."""
-
-    num_samples: int  # samples this rank sees per epoch
-    dataset_size: int  # samples across all ranks
-
-    def set_epoch(self, epoch: int) -> None: ...
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
-    def __len__(self) -> int: ...
-
-
-@dataclass
-class DataBundle:
-    """Everything the trainer needs from the data side, so it never asks which kind it has."""
-
-    train: Loader
-    val: Loader | None
-    test: Loader | None  # folders may have no test split
-    num_classes: int
-    in_channels: int
-    classes: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    input_size: tuple[int, int, int]  # (C, H, W) the model sees
-    resize_size: int | None  # eval resize before the centre crop (folders); None in memory
 
 
 def build_loaders(
@@ -91,8 +63,6 @@ def build_loaders(
         raise UserError(f"rank {rank} outside 0..{world_size - 1}")
     root = resolve_root(data_path)
     if dataset == "folder":
-        from resnetlab.data.folder import build_folder_loaders
-
         if download:
             raise UserError("--download fetches the built-in datasets only, not image folders")
         return build_folder_loaders(

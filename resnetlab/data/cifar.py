@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.datasets as tvd
 
 from resnetlab.data.info import DATASETS, DataWarning
 from resnetlab.data.root import missing_error
@@ -22,8 +23,6 @@ from resnetlab.errors import UserError
 
 
 def _tv_class(name: str) -> type:
-    import torchvision.datasets as tvd
-
     return {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
 
 

@@ -25,6 +25,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 from torchvision.transforms import v2
 
+from resnetlab.data.bundle import DataBundle
 from resnetlab.data.info import FOLDER_MEAN, FOLDER_STD
 from resnetlab.data.order import AUGMENT_STREAM, EpochShards, seed_of
 from resnetlab.data.split import holdout_split
@@ -276,10 +277,8 @@ def build_folder_loaders(
     resize_size: int,
     skip_bad_images: bool,
     classes: Sequence[str] | None,
-) -> Any:
+) -> DataBundle:
     """The folder half of `build_loaders` (see there for the arguments)."""
-    from resnetlab.data.build import DataBundle
-
     if image_size <= 0 or resize_size <= 0:
         raise UserError("image-size and resize-size must be positive")
     if resize_size < image_size:

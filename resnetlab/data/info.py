@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from resnetlab.errors import UserError
+
 
 class DataWarning(UserWarning):
     """The data differs from the official release (size, checksum) but passed validation."""
@@ -209,8 +211,6 @@ FOLDER_STD = (0.229, 0.224, 0.225)
 
 def get_info(name: str) -> DatasetInfo:
     """Look a dataset up, with an error that lists the known names."""
-    from resnetlab.errors import UserError
-
     try:
         return DATASETS[name]
     except KeyError:

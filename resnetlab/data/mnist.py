@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.datasets as tvd
 
 from resnetlab.data.info import DATASETS, DataWarning
 from resnetlab.data.root import missing_error
@@ -68,8 +69,6 @@ def _find(folder: Path, filename: str) -> Path | None:
 
 def download(name: str, root: Path) -> None:
     """Fetch the official ``.gz`` files with torchvision's mirrors and MD5 checks."""
-    import torchvision.datasets as tvd
-
     cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}[name]
     # Only torchvision's download step: its constructor would also load the files.
     ds = cls.__new__(cls)

@@ -14,6 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from resnetlab.errors import UserError
+from resnetlab.models import weights as weights_format
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,6 @@ def create_model(
     entry = get_model_entry(name)
     state_dict = None
     if weights is not None:
-        from resnetlab.models import weights as weights_format
-
         state_dict, meta = weights_format.read_weights(weights)
         num_classes, in_channels, kwargs = weights_format.meta_defaults(
             name, meta, num_classes, in_channels, kwargs

@@ -317,7 +317,8 @@ def load_checkpoint(
     The model comes back in eval mode on ``map_location``, with the meta that says how
     to preprocess its inputs.
     """
-    from resnetlab.models import create_model  # importing the package registers every model
+    # Lazy: the package imports this module, and importing it registers every model.
+    from resnetlab.models import create_model
 
     file = resolve_weights_path(path)
     state, meta = read_weights(file)
