@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from resnetlab.data.arrays import load_arrays
+from resnetlab.data.arrays import load_arrays, load_classes
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.folder import build_folder_loaders
 from resnetlab.data.in_memory import AUGMENTS, InMemoryLoader, check_positive
@@ -123,7 +123,7 @@ def build_loaders(
         test=test,
         num_classes=info.num_classes,
         in_channels=info.in_channels,
-        classes=list(info.classes),
+        classes=load_classes(info.name, root),
         mean=info.mean,
         std=info.std,
         input_size=(info.in_channels, h, w),

@@ -18,13 +18,10 @@ import torch
 import torchvision.datasets as tvd
 
 from resnetlab.data.info import DATASETS, DataWarning
-from resnetlab.data.root import missing_error
+from resnetlab.data.root import missing_error, tv_download
 from resnetlab.errors import UserError
 
-IMAGES_MAGIC = 0x00000803
-LABELS_MAGIC = 0x00000801
-# dataset name -> (torchvision class name = folder under the root)
-FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+TV_CLASSES = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}
 
 
 def read_idx(path: str | Path, ndim: int) -> np.ndarray:
@@ -52,12 +49,12 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
 
 def raw_folder(name: str, root: Path) -> Path:
     """``root/MNIST/raw`` or ``root/FashionMNIST/raw``, where torchvision puts the files."""
-    return Path(root) / FOLDERS[name] / "raw"
+    return Path(root) / TV_CLASSES[name].__name__ / "raw"
 
 
-def _files(train: bool) -> tuple[str, str]:
-    prefix = "train" if train else "t10k"
-    return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+def mnist_classes(name: str) -> list[str]:
+    """torchvision's class names, so predictions read the same as with torchvision."""
+    return list(TV_CLASSES[name].classes)
 
 
 def _find(folder: Path, filename: str) -> Path | None:
@@ -67,29 +64,17 @@ def _find(folder: Path, filename: str) -> Path | None:
     return None
 
 
-def download(name: str, root: Path) -> None:
-    """Fetch the official ``.gz`` files with torchvision's mirrors and MD5 checks."""
-    cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}[name]
-    # Only torchvision's download step: its constructor would also load the files.
-    ds = cls.__new__(cls)
-    ds.root = str(root)
-    try:
-        ds.download()
-    except Exception as e:  # URLError, checksum RuntimeError, OSError
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{name}: download into {ds.raw_folder} failed: {first}") from None
-
-
 def load_mnist(
     name: str, root: Path, train: bool, download_missing: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 ``[N, 1, 28, 28]`` and labels int64 ``[N]`` of MNIST or Fashion-MNIST."""
     info = DATASETS[name]
     folder = raw_folder(name, root)
-    names = _files(train)
+    prefix = "train" if train else "t10k"
+    names = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
     paths = [_find(folder, n) for n in names]
     if None in paths and download_missing:
-        download(name, root)
+        tv_download(TV_CLASSES[name], name, root)
         paths = [_find(folder, n) for n in names]
     if None in paths:
         raise missing_error(name, [folder / n for n in names])
