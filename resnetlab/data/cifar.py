@@ -21,7 +21,6 @@ from resnetlab.data.root import missing_error, tv_download
 from resnetlab.data.safe_pickle import safe_load
 from resnetlab.errors import UserError
 
-
 TV_CLASSES = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}
 
 

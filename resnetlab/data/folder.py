@@ -176,29 +176,22 @@ class FolderLoader(EpochShards):
             raise UserError(f"workers must not be negative, got {workers}")
         self.dataset = dataset
         self.subset = subset
-        self.batch_size = batch_size
-        self.train = train
-        self.seed = seed
         self.device = torch.device(device)
         self.dtype = dtype
         self.channels_last = channels_last
-        self.drop_last = drop_last and train
-        self.rank = rank
-        self.world_size = world_size
         self.workers = workers
         self.skip_bad_images = skip_bad_images
         self.skipped: list[str] = []
-        self.epoch = 0
-        self.dataset_size = len(subset) if subset is not None else len(dataset)
-        if train:
-            self.num_samples = self.dataset_size // world_size
-            if batch_size > self.num_samples:
-                raise UserError(
-                    f"batch size {batch_size} is larger than the {self.num_samples} training "
-                    f"images{' per rank' if world_size > 1 else ''} in {dataset.root}"
-                )
-        else:
-            self.num_samples = len(range(rank, self.dataset_size, world_size))
+        super().__init__(
+            len(subset) if subset is not None else len(dataset),
+            batch_size=batch_size,
+            train=train,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+            where=f" in {dataset.root}",
+        )
 
     def indices(self, epoch: int | None = None) -> Tensor:
         """Dataset indices this rank visits in ``epoch``, in order."""
