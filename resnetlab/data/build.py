@@ -63,6 +63,14 @@ def build_loaders(
     if not 0 <= rank < world_size:
         raise UserError(f"rank {rank} outside 0..{world_size - 1}")
     root = resolve_root(data_path)
+    placement = dict(
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        channels_last=channels_last,
+        rank=rank,
+        world_size=world_size,
+    )
     if dataset == "folder":
         if download:
             raise UserError("--download fetches the built-in datasets only, not image folders")
@@ -71,34 +79,20 @@ def build_loaders(
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
             val_split=val_split,
-            seed=seed,
             augment=augment,
-            device=device,
-            dtype=dtype,
-            channels_last=channels_last,
             drop_last=drop_last,
-            rank=rank,
-            world_size=world_size,
             workers=workers,
             image_size=image_size,
             resize_size=resize_size,
             skip_bad_images=skip_bad_images,
             classes=classes,
+            **placement,
         )
     info = get_info(dataset)
     images, labels = load_arrays(info.name, root, train=True, download=download)
     test_images, test_labels = load_arrays(info.name, root, train=False, download=download)
     val = None
-    common = dict(
-        mean=info.mean,
-        std=info.std,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        channels_last=channels_last,
-        rank=rank,
-        world_size=world_size,
-    )
+    common = dict(mean=info.mean, std=info.std, **placement)
     if val_split:
         train_idx, val_idx = holdout_split(len(images), val_split, seed)
         val = InMemoryLoader(

@@ -39,18 +39,6 @@ class BadImage(NamedTuple):
     reason: str
 
 
-class _Unreadable(Exception):
-    pass
-
-
-def _checked_loader(path: str) -> Any:
-    """torchvision's PIL loader (it decodes fully), turning any failure into `_Unreadable`."""
-    try:
-        return pil_loader(path)
-    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... on bad files
-        raise _Unreadable(path, f"{type(e).__name__}: {e}".splitlines()[0]) from None
-
-
 class ClassFolder(ImageFolder):
     """ImageFolder whose class list can be imposed instead of read from the folder."""
 
@@ -67,7 +55,7 @@ class ClassFolder(ImageFolder):
         self.augmenting = False
         try:
             super().__init__(
-                str(root), transform=transform, loader=_checked_loader, allow_empty=allow_empty
+                str(root), transform=transform, loader=pil_loader, allow_empty=allow_empty
             )
         except FileNotFoundError as e:
             first = str(e).splitlines()[0]
@@ -93,9 +81,9 @@ class ClassFolder(ImageFolder):
     def __getitem__(self, index: int) -> Any:
         path, target = self.samples[index]
         try:
-            image = self.loader(path)
-        except _Unreadable as e:
-            return BadImage(*e.args)
+            image = self.loader(path)  # torchvision's PIL loader decodes the whole file
+        except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... on bad files
+            return BadImage(path, f"{type(e).__name__}: {e}".splitlines()[0])
         if self.transform is None:
             return image, target
         if not self.augmenting:
@@ -259,19 +247,16 @@ def build_folder_loaders(
     val_split: int,
     seed: int,
     augment: str,
-    device: torch.device | str,
-    dtype: torch.dtype,
-    channels_last: bool,
     drop_last: bool,
-    rank: int,
-    world_size: int,
     workers: int,
     image_size: int,
     resize_size: int,
     skip_bad_images: bool,
     classes: Sequence[str] | None,
+    **placement: Any,
 ) -> DataBundle:
-    """The folder half of `build_loaders` (see there for the arguments)."""
+    """The folder half of `build_loaders` (see there for the arguments); ``placement`` holds
+    FolderLoader's device, dtype, channels_last, rank and world_size."""
     if image_size <= 0 or resize_size <= 0:
         raise UserError("image-size and resize-size must be positive")
     if resize_size < image_size:
@@ -285,16 +270,7 @@ def build_folder_loaders(
     )
     class_list = list(train_set.classes)
     ev = eval_transform(image_size, resize_size)
-    common = dict(
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        channels_last=channels_last,
-        rank=rank,
-        world_size=world_size,
-        workers=workers,
-        skip_bad_images=skip_bad_images,
-    )
+    common = dict(seed=seed, workers=workers, skip_bad_images=skip_bad_images, **placement)
 
     def eval_loader(folder: Path) -> FolderLoader:
         ds = ClassFolder(folder, class_list, ev, allow_empty=True)
