@@ -1,9 +1,7 @@
 """CIFAR-10 and CIFAR-100 from the official python pickles, read without trusting them.
 
-Files are unpickled by `safe_pickle` (numpy arrays and plain containers only),
-checked against the MD5s torchvision lists for the official release (a mismatch
-only warns: re-encoded copies differ in metadata such as ``filenames``), and
-always validated for structure, so a bad file is one line, never a traceback.
+`safe_pickle` builds arrays and containers only; an MD5 other than torchvision's only
+warns (re-encoded copies differ in ``filenames``), and every file's structure is checked.
 """
 
 from __future__ import annotations

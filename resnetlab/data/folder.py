@@ -1,12 +1,9 @@
-"""Image folders (``root/train/<class>/*``, ``root/val/...``, ``root/test/...``, or a
-single ``root/<class>/*``) through torchvision's ImageFolder, transforms.v2 and a
-DataLoader with workers, the way torchvision's reference scripts read ImageNet.
+"""Image folders (``root/{train,val,test}/<class>/*`` or ``root/<class>/*``) through
+torchvision's ImageFolder, transforms.v2 and a DataLoader, as its reference scripts read ImageNet.
 
-The class list comes from the training folder (or from the model, via
-``classes``), never from the evaluation folders, so a validation folder that
-lacks a class keeps every index where the model expects it. Random transforms are
-seeded per sample from (seed, epoch, index), so augmentation does not depend on
-the number of workers and a run can be reproduced.
+Classes come from the training folder (or the model), never from the evaluation folders, so
+a validation folder lacking a class keeps every index. Random transforms are seeded per
+sample from (seed, epoch, index), so augmentation does not depend on the number of workers.
 """
 
 from __future__ import annotations

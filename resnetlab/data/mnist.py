@@ -1,9 +1,7 @@
 """MNIST and Fashion-MNIST from their idx files (``<root>/MNIST/raw/*-ubyte``).
 
-The idx format is a big-endian header (magic ``0x00000803`` for images,
-``0x00000801`` for labels, then one int32 per dimension) followed by raw uint8.
-It is read with numpy in one call, and every header field is checked, so a
-truncated or foreign file is one clear line instead of a numpy traceback.
+Read with numpy in one call, every header field checked (magic ``0x0000080N``, then one
+big-endian int32 per dimension), so a truncated or foreign file is one clear line.
 """
 
 from __future__ import annotations

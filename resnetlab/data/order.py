@@ -1,8 +1,7 @@
 """Which samples a rank sees, in which order: a pure function of (seed, epoch, rank).
 
-Training can then be resumed mid-run and reproduced exactly, and N ranks can
-share an epoch without talking to each other (what DistributedSampler does,
-without its duplicated padding samples).
+So a run resumes and reproduces exactly, and ranks share an epoch without talking to each
+other (as DistributedSampler, without its duplicated padding samples).
 """
 
 from __future__ import annotations

@@ -66,13 +66,9 @@ def create_model(
     weights: str | Path | None = None,
     **kwargs,
 ) -> nn.Module:
-    """Build a registered model by name.
-
-    ``num_classes`` and ``in_channels`` default to the builder's own (10 and 3
-    for CIFAR models, 1000 and 3 for ImageNet ones, 10 and 1 for the MNIST CNN).
-    ``weights`` (a resnetlab run, bundle or .safetensors file, or a plain PyTorch
-    state_dict such as torchvision's) is loaded strictly; a resnetlab file of the same
-    model also supplies the defaults above.
+    """Build a registered model by name; ``num_classes`` and ``in_channels`` default to the
+    builder's own. ``weights`` (a resnetlab run, bundle or .safetensors file, or a plain
+    state_dict such as torchvision's) is loaded strictly; our own file also gives the defaults.
     """
     entry = get_model_entry(name)
     state_dict = None

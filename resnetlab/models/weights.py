@@ -117,22 +117,24 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict]:
     raw = metadata.get(META_KEY)
     if raw is None:
         return state, {}
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise UserError(f"cannot read {path}: its {META_KEY!r} metadata is not JSON") from e
-    if not isinstance(meta, dict):
-        raise UserError(f"cannot read {path}: its {META_KEY!r} metadata is not a JSON object")
-    return state, meta
+    return state, _json_object(raw, f"cannot read {path}: its {META_KEY!r} metadata")
 
 
 def _read_config(path: Path) -> dict:
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {path}: not a JSON file ({_first_line(e)})") from e
+    return _json_object(text, f"cannot read {path}: it")
+
+
+def _json_object(text: str, what: str) -> dict:
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} is not JSON ({_first_line(e)})") from e
     if not isinstance(meta, dict):
-        raise UserError(f"cannot read {path}: expected a JSON object")
+        raise UserError(f"{what} is not a JSON object")
     return meta
 
 
