@@ -56,10 +56,8 @@ def mnist_classes(name: str) -> list[str]:
 
 
 def _find(folder: Path, filename: str) -> Path | None:
-    for candidate in (folder / filename, folder / f"{filename}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
+    """The file itself or its ``.gz``, as torchvision leaves either."""
+    return next((p for p in (folder / filename, folder / f"{filename}.gz") if p.is_file()), None)
 
 
 def load_mnist(

@@ -77,14 +77,11 @@ def create_model(
         num_classes, in_channels, kwargs = weights_format.meta_defaults(
             name, meta, num_classes, in_channels, kwargs
         )
-    if num_classes is not None:
-        if num_classes < 1:
-            raise UserError(f"num_classes must be at least 1, got {num_classes}")
-        kwargs["num_classes"] = num_classes
-    if in_channels is not None:
-        if in_channels < 1:
-            raise UserError(f"in_channels must be at least 1, got {in_channels}")
-        kwargs["in_channels"] = in_channels
+    for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if value is not None and value < 1:
+            raise UserError(f"{key} must be at least 1, got {value}")
+        if value is not None:
+            kwargs[key] = value
     try:
         model = entry.builder(**kwargs)
     except TypeError as e:  # a misspelt option from a flag or config file
