@@ -18,13 +18,13 @@ import pytest
 import torch
 import torchvision
 import torchvision.datasets.utils as tv_utils
+from fakedata import dumps_py2, write_fake_dataset, write_idx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from resnetlab.data import load_arrays
 from resnetlab.data.cifar import ChecksumWarning, read_batch
-from resnetlab.data.fake import dumps_py2, write_fake_dataset, write_idx
 from resnetlab.data.mnist import read_idx
 from resnetlab.errors import UserError
 

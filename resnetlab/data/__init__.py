@@ -5,7 +5,8 @@ the built-in datasets; `DATASETS` describes them without reading any file.
 """
 
 from resnetlab.data.arrays import load_arrays
-from resnetlab.data.build import DataBundle, Loader, build_loaders
+from resnetlab.data.build import build_loaders
+from resnetlab.data.bundle import DataBundle, Loader
 from resnetlab.data.in_memory import InMemoryLoader
 from resnetlab.data.info import DATASETS, DatasetInfo, DataWarning
 from resnetlab.data.root import default_data_root

@@ -1,4 +1,4 @@
-"""The uint8 tensors of a built-in dataset, for the fast loader, benchmarks and eval."""
+"""The uint8 tensors and class names of a built-in dataset, for the loaders, benchmarks, eval."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
+from resnetlab.data.cifar import cifar_classes, load_cifar
 from resnetlab.data.info import get_info
+from resnetlab.data.mnist import load_mnist, mnist_classes
 from resnetlab.data.root import resolve_root
 
 
@@ -20,10 +22,13 @@ def load_arrays(
     """Images uint8 ``[N, C, H, W]`` and labels int64 ``[N]`` of a DATASETS entry."""
     info = get_info(name)
     path = Path(resolve_root(root))
-    if info.name in ("cifar10", "cifar100"):
-        from resnetlab.data.cifar import load_cifar
+    reader = load_cifar if info.name.startswith("cifar") else load_mnist
+    return reader(info.name, path, train, download)
 
-        return load_cifar(info.name, path, train, download)
-    from resnetlab.data.mnist import load_mnist
 
-    return load_mnist(info.name, path, train, download)
+def load_classes(name: str, root: str | os.PathLike | None = None) -> list[str]:
+    """Class names of a DATASETS entry: torchvision's for MNIST, the meta file's for CIFAR."""
+    info = get_info(name)
+    if info.name.startswith("cifar"):
+        return cifar_classes(info.name, Path(resolve_root(root)))
+    return mnist_classes(info.name)

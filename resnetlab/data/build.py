@@ -8,46 +8,19 @@ protocol, so the training loop never knows which it has.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Sequence
 
 import torch
-from torch import Tensor
 
-from resnetlab.data.arrays import load_arrays
-from resnetlab.data.in_memory import AUGMENTS, InMemoryLoader, check_positive
+from resnetlab.data.arrays import load_arrays, load_classes
+from resnetlab.data.bundle import DataBundle
+from resnetlab.data.folder import build_folder_loaders
+from resnetlab.data.in_memory import AUGMENTS, InMemoryLoader
 from resnetlab.data.info import get_info
+from resnetlab.data.order import check_positive
 from resnetlab.data.root import resolve_root
 from resnetlab.data.split import holdout_split
 from resnetlab.errors import UserError
-
-
-class Loader(Protocol):
-    """What a training or evaluation loop may rely on."""
-
-    num_samples: int  # samples this rank sees per epoch
-    dataset_size: int  # samples across all ranks
-
-    def set_epoch(self, epoch: int) -> None: ...
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
-    def __len__(self) -> int: ...
-
-
-@dataclass
-class DataBundle:
-    """Everything the trainer needs from the data side, so it never asks which kind it has."""
-
-    train: Loader
-    val: Loader | None
-    test: Loader | None  # folders may have no test split
-    num_classes: int
-    in_channels: int
-    classes: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    input_size: tuple[int, int, int]  # (C, H, W) the model sees
-    resize_size: int | None  # eval resize before the centre crop (folders); None in memory
 
 
 def build_loaders(
@@ -90,37 +63,7 @@ def build_loaders(
     if not 0 <= rank < world_size:
         raise UserError(f"rank {rank} outside 0..{world_size - 1}")
     root = resolve_root(data_path)
-    if dataset == "folder":
-        from resnetlab.data.folder import build_folder_loaders
-
-        if download:
-            raise UserError("--download fetches the built-in datasets only, not image folders")
-        return build_folder_loaders(
-            root,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            val_split=val_split,
-            seed=seed,
-            augment=augment,
-            device=device,
-            dtype=dtype,
-            channels_last=channels_last,
-            drop_last=drop_last,
-            rank=rank,
-            world_size=world_size,
-            workers=workers,
-            image_size=image_size,
-            resize_size=resize_size,
-            skip_bad_images=skip_bad_images,
-            classes=classes,
-        )
-    info = get_info(dataset)
-    images, labels = load_arrays(info.name, root, train=True, download=download)
-    test_images, test_labels = load_arrays(info.name, root, train=False, download=download)
-    val = None
-    common = dict(
-        mean=info.mean,
-        std=info.std,
+    placement = dict(
         seed=seed,
         device=device,
         dtype=dtype,
@@ -128,6 +71,28 @@ def build_loaders(
         rank=rank,
         world_size=world_size,
     )
+    if dataset == "folder":
+        if download:
+            raise UserError("--download fetches the built-in datasets only, not image folders")
+        return build_folder_loaders(
+            root,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            val_split=val_split,
+            augment=augment,
+            drop_last=drop_last,
+            workers=workers,
+            image_size=image_size,
+            resize_size=resize_size,
+            skip_bad_images=skip_bad_images,
+            classes=classes,
+            **placement,
+        )
+    info = get_info(dataset)
+    images, labels = load_arrays(info.name, root, train=True, download=download)
+    test_images, test_labels = load_arrays(info.name, root, train=False, download=download)
+    val = None
+    common = dict(mean=info.mean, std=info.std, **placement)
     if val_split:
         train_idx, val_idx = holdout_split(len(images), val_split, seed)
         val = InMemoryLoader(
@@ -153,7 +118,7 @@ def build_loaders(
         test=test,
         num_classes=info.num_classes,
         in_channels=info.in_channels,
-        classes=list(info.classes),
+        classes=load_classes(info.name, root),
         mean=info.mean,
         std=info.std,
         input_size=(info.in_channels, h, w),

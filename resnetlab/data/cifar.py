@@ -1,9 +1,7 @@
 """CIFAR-10 and CIFAR-100 from the official python pickles, read without trusting them.
 
-Files are unpickled by `safe_pickle` (numpy arrays and plain containers only),
-checked against the MD5s torchvision lists for the official release (a mismatch
-only warns: re-encoded copies differ in metadata such as ``filenames``), and
-always validated for structure, so a bad file is one line, never a traceback.
+`safe_pickle` builds arrays and containers only; an MD5 other than torchvision's only
+warns (re-encoded copies differ in ``filenames``), and every file's structure is checked.
 """
 
 from __future__ import annotations
@@ -14,45 +12,37 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.datasets as tvd
 
 from resnetlab.data.info import DATASETS, DataWarning
-from resnetlab.data.root import missing_error
+from resnetlab.data.root import missing_error, tv_download
 from resnetlab.data.safe_pickle import safe_load
 from resnetlab.errors import UserError
 
-
-def _tv_class(name: str) -> type:
-    import torchvision.datasets as tvd
-
-    return {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+TV_CLASSES = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}
 
 
 def base_folder(name: str, root: Path) -> Path:
     """``root/cifar-10-batches-py`` or ``root/cifar-100-python``, torchvision's names."""
-    return Path(root) / _tv_class(name).base_folder
-
-
-def official_files(name: str, train: bool) -> list[tuple[str, str]]:
-    """``(filename, md5)`` pairs of the official release, as torchvision lists them."""
-    cls = _tv_class(name)
-    return [(f, md5) for f, md5 in (cls.train_list if train else cls.test_list)]
-
-
-def download(name: str, root: Path) -> None:
-    """Fetch and extract the official archive with torchvision's code and MD5 check."""
-    cls = _tv_class(name)
-    # Only the download step: torchvision's constructor would `pickle.load` the files.
-    ds = cls.__new__(cls)
-    ds.root = str(root)
-    try:
-        ds.download()
-    except Exception as e:  # URLError, checksum RuntimeError, OSError, tarfile errors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{name}: download of {cls.url} into {root} failed: {first}") from None
+    return Path(root) / TV_CLASSES[name].base_folder
 
 
 class ChecksumWarning(DataWarning):
     """A file differs from the official release; its structure was checked instead."""
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _load_dict(raw: bytes, path: Path) -> dict:
+    entry = safe_load(raw, str(path))
+    if not isinstance(entry, dict):
+        raise UserError(f"{path}: expected a dict, found {type(entry).__name__}")
+    return entry
 
 
 def read_batch(
@@ -60,14 +50,9 @@ def read_batch(
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """One pickle file -> (uint8 ``[n, 3, 32, 32]``, int64 ``[n]``, MD5 matched), validated."""
     info = DATASETS[name]
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    raw = _read(path)
     md5_ok = md5 is None or hashlib.md5(raw, usedforsecurity=False).hexdigest() == md5
-    entry = safe_load(raw, str(path))
-    if not isinstance(entry, dict):
-        raise UserError(f"{path}: expected a dict, found {type(entry).__name__}")
+    entry = _load_dict(raw, path)
     label_key = "labels" if name == "cifar10" else "fine_labels"
     for key in ("data", label_key):
         if key not in entry:
@@ -100,10 +85,11 @@ def load_cifar(
     """Images uint8 ``[N, 3, 32, 32]`` and labels int64 ``[N]`` of CIFAR-10 or CIFAR-100."""
     info = DATASETS[name]
     folder = base_folder(name, root)
-    files = official_files(name, train)
+    cls = TV_CLASSES[name]
+    files = cls.train_list if train else cls.test_list  # (filename, md5) of the release
     paths = [folder / f for f, _ in files]
     if not all(p.is_file() for p in paths) and download_missing:
-        download(name, root)
+        tv_download(cls, name, root)
     if not all(p.is_file() for p in paths):
         raise missing_error(name, paths)
     parts = [read_batch(p, name, md5) for p, (_, md5) in zip(paths, files, strict=True)]
@@ -125,3 +111,16 @@ def load_cifar(
             stacklevel=2,
         )
     return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def cifar_classes(name: str, root: Path) -> list[str]:
+    """The class names in the release's meta file, as torchvision reads them."""
+    meta = TV_CLASSES[name].meta  # {"filename", "key", "md5"}
+    path = base_folder(name, root) / meta["filename"]
+    if not path.is_file():
+        raise missing_error(name, [path])
+    names = _load_dict(_read(path), path).get(meta["key"])
+    n = DATASETS[name].num_classes
+    if not isinstance(names, list) or len(names) != n or not all(isinstance(c, str) for c in names):
+        raise UserError(f"{path}: {meta['key']!r} is not a list of {n} class names")
+    return names

@@ -1,12 +1,9 @@
-"""Image folders (``root/train/<class>/*``, ``root/val/...``, ``root/test/...``, or a
-single ``root/<class>/*``) through torchvision's ImageFolder, transforms.v2 and a
-DataLoader with workers, the way torchvision's reference scripts read ImageNet.
+"""Image folders (``root/{train,val,test}/<class>/*`` or ``root/<class>/*``) through
+torchvision's ImageFolder, transforms.v2 and a DataLoader, as its reference scripts read ImageNet.
 
-The class list comes from the training folder (or from the model, via
-``classes``), never from the evaluation folders, so a validation folder that
-lacks a class keeps every index where the model expects it. Random transforms are
-seeded per sample from (seed, epoch, index), so augmentation does not depend on
-the number of workers and a run can be reproduced.
+Classes come from the training folder (or the model), never from the evaluation folders, so
+a validation folder lacking a class keeps every index. Random transforms are seeded per
+sample from (seed, epoch, index), so augmentation does not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -25,6 +22,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 from torchvision.transforms import v2
 
+from resnetlab.data.bundle import DataBundle
 from resnetlab.data.info import FOLDER_MEAN, FOLDER_STD
 from resnetlab.data.order import AUGMENT_STREAM, EpochShards, seed_of
 from resnetlab.data.split import holdout_split
@@ -36,18 +34,6 @@ class BadImage(NamedTuple):
 
     path: str
     reason: str
-
-
-class _Unreadable(Exception):
-    pass
-
-
-def _checked_loader(path: str) -> Any:
-    """torchvision's PIL loader (it decodes fully), turning any failure into `_Unreadable`."""
-    try:
-        return pil_loader(path)
-    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... on bad files
-        raise _Unreadable(path, f"{type(e).__name__}: {e}".splitlines()[0]) from None
 
 
 class ClassFolder(ImageFolder):
@@ -66,7 +52,7 @@ class ClassFolder(ImageFolder):
         self.augmenting = False
         try:
             super().__init__(
-                str(root), transform=transform, loader=_checked_loader, allow_empty=allow_empty
+                str(root), transform=transform, loader=pil_loader, allow_empty=allow_empty
             )
         except FileNotFoundError as e:
             first = str(e).splitlines()[0]
@@ -92,9 +78,9 @@ class ClassFolder(ImageFolder):
     def __getitem__(self, index: int) -> Any:
         path, target = self.samples[index]
         try:
-            image = self.loader(path)
-        except _Unreadable as e:
-            return BadImage(*e.args)
+            image = self.loader(path)  # torchvision's PIL loader decodes the whole file
+        except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... on bad files
+            return BadImage(path, f"{type(e).__name__}: {e}".splitlines()[0])
         if self.transform is None:
             return image, target
         if not self.augmenting:
@@ -175,29 +161,22 @@ class FolderLoader(EpochShards):
             raise UserError(f"workers must not be negative, got {workers}")
         self.dataset = dataset
         self.subset = subset
-        self.batch_size = batch_size
-        self.train = train
-        self.seed = seed
         self.device = torch.device(device)
         self.dtype = dtype
         self.channels_last = channels_last
-        self.drop_last = drop_last and train
-        self.rank = rank
-        self.world_size = world_size
         self.workers = workers
         self.skip_bad_images = skip_bad_images
         self.skipped: list[str] = []
-        self.epoch = 0
-        self.dataset_size = len(subset) if subset is not None else len(dataset)
-        if train:
-            self.num_samples = self.dataset_size // world_size
-            if batch_size > self.num_samples:
-                raise UserError(
-                    f"batch size {batch_size} is larger than the {self.num_samples} training "
-                    f"images{' per rank' if world_size > 1 else ''} in {dataset.root}"
-                )
-        else:
-            self.num_samples = len(range(rank, self.dataset_size, world_size))
+        super().__init__(
+            len(subset) if subset is not None else len(dataset),
+            batch_size=batch_size,
+            train=train,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+            where=f" in {dataset.root}",
+        )
 
     def indices(self, epoch: int | None = None) -> Tensor:
         """Dataset indices this rank visits in ``epoch``, in order."""
@@ -265,21 +244,16 @@ def build_folder_loaders(
     val_split: int,
     seed: int,
     augment: str,
-    device: torch.device | str,
-    dtype: torch.dtype,
-    channels_last: bool,
     drop_last: bool,
-    rank: int,
-    world_size: int,
     workers: int,
     image_size: int,
     resize_size: int,
     skip_bad_images: bool,
     classes: Sequence[str] | None,
-) -> Any:
-    """The folder half of `build_loaders` (see there for the arguments)."""
-    from resnetlab.data.build import DataBundle
-
+    **placement: Any,
+) -> DataBundle:
+    """The folder half of `build_loaders` (see there for the arguments); ``placement`` holds
+    FolderLoader's device, dtype, channels_last, rank and world_size."""
     if image_size <= 0 or resize_size <= 0:
         raise UserError("image-size and resize-size must be positive")
     if resize_size < image_size:
@@ -293,16 +267,7 @@ def build_folder_loaders(
     )
     class_list = list(train_set.classes)
     ev = eval_transform(image_size, resize_size)
-    common = dict(
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        channels_last=channels_last,
-        rank=rank,
-        world_size=world_size,
-        workers=workers,
-        skip_bad_images=skip_bad_images,
-    )
+    common = dict(seed=seed, workers=workers, skip_bad_images=skip_bad_images, **placement)
 
     def eval_loader(folder: Path) -> FolderLoader:
         ds = ClassFolder(folder, class_list, ev, allow_empty=True)

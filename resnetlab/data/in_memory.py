@@ -1,13 +1,9 @@
 """The fast loader: a whole small dataset as one uint8 tensor on the training device.
 
-Each batch is one `index_select`, one `gather` that does the random crop, the
-zero padding and the flip of every image at once, and one normalisation, with no
-per-image Python. For CIFAR that is tens of times faster than a torchvision DataLoader,
-which decodes, crops and converts every image separately in worker processes.
-
-Everything random is a function of (seed, epoch, sample index): a sample gets the
-same crop in an epoch whatever the batch size, world size or device, so a run can
-be resumed or re-sharded and still see exactly the same data.
+Each batch is one `index_select`, one `gather` doing every image's crop, padding and
+flip at once, and one normalisation: no per-image Python (docs/ has the speed-up).
+Everything random is a function of (seed, epoch, sample index), so a run can be resumed
+or re-sharded and still see exactly the same data.
 """
 
 from __future__ import annotations
@@ -35,26 +31,13 @@ class AugmentParams:
     cutout_x: Tensor | None
 
 
-def check_positive(**numbers: int) -> None:
-    """One line naming the flag, e.g. ``batch-size must be positive, got 0``."""
-    for name, value in numbers.items():
-        if value <= 0:
-            raise UserError(f"{name.replace('_', '-')} must be positive, got {value}")
-
-
 class InMemoryLoader(EpochShards):
     """Batches ``(x, y)`` of a uint8 ``[N, C, H, W]`` dataset, augmented on the device.
 
-    ``train=True`` shuffles (a new permutation per epoch, see `set_epoch`), shards
-    the epoch over ``world_size`` ranks and augments; ``train=False`` keeps the
-    order, never augments, and gives rank ``r`` samples ``r, r + W, ...``.
-
-    Augmentations: ``crop-flip`` (the paper's: random crop of the image padded by
-    ``padding`` zero pixels, then a horizontal flip with probability 1/2), ``crop``,
-    ``flip``, ``none``, and ``cutout`` (crop-flip, then a ``cutout_size`` square set
-    to 0 after normalisation, i.e. to the mean, as DeVries and Taylor 2017 do). The
-    padding is 0 in pixel space (black), as torchvision's ``RandomCrop(32,
-    padding=4)`` before ``ToTensor``/``Normalize`` gives.
+    ``train=True`` shuffles per epoch, shards over ranks and augments; ``train=False`` keeps
+    the order. ``crop-flip`` is the paper's (crop of the image zero-padded by ``padding``
+    pixels, as torchvision's ``RandomCrop(32, padding=4)``, then a flip with p=1/2);
+    ``cutout`` then sets a ``cutout_size`` square to the mean (DeVries and Taylor 2017).
     """
 
     def __init__(
@@ -85,9 +68,6 @@ class InMemoryLoader(EpochShards):
             raise ValueError(f"{labels.shape[0]} labels for {images.shape[0]} images")
         if augment not in AUGMENTS:
             raise UserError(f"unknown augmentation {augment!r}; known: {', '.join(AUGMENTS)}")
-        check_positive(batch_size=batch_size, world_size=world_size)
-        if not 0 <= rank < world_size:
-            raise UserError(f"rank {rank} outside 0..{world_size - 1}")
         if seed < 0 or padding < 0:
             raise UserError("seed and padding must not be negative")
         if not dtype.is_floating_point:
@@ -95,6 +75,15 @@ class InMemoryLoader(EpochShards):
         n, c, h, w = images.shape
         if len(mean) != c or len(std) != c:
             raise ValueError(f"mean/std need {c} values")
+        super().__init__(
+            n,
+            batch_size=batch_size,
+            train=train,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+        )
         self.device = torch.device(device)
         # One zero pixel after each channel plane: the crop's padding reads it, so
         # batches need no padded copy and the dataset stays ~N*C*H*W bytes.
@@ -103,28 +92,11 @@ class InMemoryLoader(EpochShards):
         self._pixels = pixels
         self.image_shape = (c, h, w)
         self.labels = labels.to(self.device, torch.int64)
-        self.batch_size = batch_size
-        self.train = train
         self.augment = augment if train else "none"
-        self.seed = seed
         self.dtype = dtype
         self.channels_last = channels_last
-        self.drop_last = drop_last and train
-        self.rank = rank
-        self.world_size = world_size
         self.padding = padding if self.augment in ("crop-flip", "crop", "cutout") else 0
         self.cutout_size = (cutout_size or h // 2) if self.augment == "cutout" else 0
-        self.epoch = 0
-        self.dataset_size = n
-        if train:
-            self.num_samples = n // world_size
-            if batch_size > self.num_samples:
-                raise UserError(
-                    f"batch size {batch_size} is larger than the {self.num_samples} training "
-                    f"images{' per rank' if world_size > 1 else ''}"
-                )
-        else:
-            self.num_samples = len(range(rank, n, world_size))
         # (x - 255 * mean) / (255 * std), as two in-place ops on the batch.
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)

@@ -1,9 +1,7 @@
 """MNIST and Fashion-MNIST from their idx files (``<root>/MNIST/raw/*-ubyte``).
 
-The idx format is a big-endian header (magic ``0x00000803`` for images,
-``0x00000801`` for labels, then one int32 per dimension) followed by raw uint8.
-It is read with numpy in one call, and every header field is checked, so a
-truncated or foreign file is one clear line instead of a numpy traceback.
+Read with numpy in one call, every header field checked (magic ``0x0000080N``, then one
+big-endian int32 per dimension), so a truncated or foreign file is one clear line.
 """
 
 from __future__ import annotations
@@ -15,15 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.datasets as tvd
 
 from resnetlab.data.info import DATASETS, DataWarning
-from resnetlab.data.root import missing_error
+from resnetlab.data.root import missing_error, tv_download
 from resnetlab.errors import UserError
 
-IMAGES_MAGIC = 0x00000803
-LABELS_MAGIC = 0x00000801
-# dataset name -> (torchvision class name = folder under the root)
-FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+TV_CLASSES = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}
 
 
 def read_idx(path: str | Path, ndim: int) -> np.ndarray:
@@ -51,34 +47,17 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
 
 def raw_folder(name: str, root: Path) -> Path:
     """``root/MNIST/raw`` or ``root/FashionMNIST/raw``, where torchvision puts the files."""
-    return Path(root) / FOLDERS[name] / "raw"
+    return Path(root) / TV_CLASSES[name].__name__ / "raw"
 
 
-def _files(train: bool) -> tuple[str, str]:
-    prefix = "train" if train else "t10k"
-    return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+def mnist_classes(name: str) -> list[str]:
+    """torchvision's class names, so predictions read the same as with torchvision."""
+    return list(TV_CLASSES[name].classes)
 
 
 def _find(folder: Path, filename: str) -> Path | None:
-    for candidate in (folder / filename, folder / f"{filename}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def download(name: str, root: Path) -> None:
-    """Fetch the official ``.gz`` files with torchvision's mirrors and MD5 checks."""
-    import torchvision.datasets as tvd
-
-    cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}[name]
-    # Only torchvision's download step: its constructor would also load the files.
-    ds = cls.__new__(cls)
-    ds.root = str(root)
-    try:
-        ds.download()
-    except Exception as e:  # URLError, checksum RuntimeError, OSError
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{name}: download into {ds.raw_folder} failed: {first}") from None
+    """The file itself or its ``.gz``, as torchvision leaves either."""
+    return next((p for p in (folder / filename, folder / f"{filename}.gz") if p.is_file()), None)
 
 
 def load_mnist(
@@ -87,10 +66,11 @@ def load_mnist(
     """Images uint8 ``[N, 1, 28, 28]`` and labels int64 ``[N]`` of MNIST or Fashion-MNIST."""
     info = DATASETS[name]
     folder = raw_folder(name, root)
-    names = _files(train)
+    prefix = "train" if train else "t10k"
+    names = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
     paths = [_find(folder, n) for n in names]
     if None in paths and download_missing:
-        download(name, root)
+        tv_download(TV_CLASSES[name], name, root)
         paths = [_find(folder, n) for n in names]
     if None in paths:
         raise missing_error(name, [folder / n for n in names])

@@ -1,14 +1,15 @@
 """Which samples a rank sees, in which order: a pure function of (seed, epoch, rank).
 
-Training can then be resumed mid-run and reproduced exactly, and N ranks can
-share an epoch without talking to each other (what DistributedSampler does,
-without its duplicated padding samples).
+So a run resumes and reproduces exactly, and ranks share an epoch without talking to each
+other (as DistributedSampler, without its duplicated padding samples).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from resnetlab.errors import UserError
 
 
 def seed_of(*key: int) -> int:
@@ -58,22 +59,49 @@ def num_batches(num_samples: int, batch_size: int, drop_last: bool) -> int:
     return num_samples // batch_size if drop_last else -(-num_samples // batch_size)
 
 
+def check_positive(**numbers: int) -> None:
+    """One line naming the flag, e.g. ``batch-size must be positive, got 0``."""
+    for name, value in numbers.items():
+        if value <= 0:
+            raise UserError(f"{name.replace('_', '-')} must be positive, got {value}")
+
+
 class EpochShards:
-    """What every loader shares: the selected epoch, this rank's order in it, its length.
+    """What every loader shares: the selected epoch, this rank's order in it, its length."""
 
-    Subclasses set ``train``, ``seed``, ``epoch``, ``rank``, ``world_size``,
-    ``dataset_size``, ``num_samples``, ``batch_size`` and ``drop_last``.
-    """
-
-    train: bool
-    seed: int
-    epoch: int
-    rank: int
-    world_size: int
-    dataset_size: int
-    num_samples: int
-    batch_size: int
-    drop_last: bool
+    def __init__(
+        self,
+        dataset_size: int,
+        *,
+        batch_size: int,
+        train: bool,
+        seed: int,
+        rank: int,
+        world_size: int,
+        drop_last: bool,
+        where: str = "",
+    ) -> None:
+        check_positive(batch_size=batch_size, world_size=world_size)
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} outside 0..{world_size - 1}")
+        self.dataset_size = dataset_size
+        self.batch_size = batch_size
+        self.train = train
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last and train
+        self.epoch = 0
+        if train:
+            self.num_samples = dataset_size // world_size
+            if batch_size > self.num_samples:
+                per_rank = " per rank" if world_size > 1 else ""
+                raise UserError(
+                    f"batch size {batch_size} is larger than the {self.num_samples} training "
+                    f"images{per_rank}{where}"
+                )
+        else:
+            self.num_samples = len(range(rank, dataset_size, world_size))
 
     def set_epoch(self, epoch: int) -> None:
         """Select epoch ``epoch``'s order and augmentation; eval loaders ignore it."""

@@ -35,3 +35,15 @@ def missing_error(name: str, expected: Sequence[Path]) -> UserError:
         f"{name} not found: expected {shown}; point --data-path or ${ENV_VAR} at a root "
         f"that holds it, or pass --download"
     )
+
+
+def tv_download(tv_class: type, name: str, root: Path) -> None:
+    """torchvision's download step alone (with its mirrors and MD5 checks): its constructor
+    would also unpickle the files."""
+    ds = tv_class.__new__(tv_class)
+    ds.root = str(root)
+    try:
+        ds.download()
+    except Exception as e:  # URLError, checksum RuntimeError, OSError, tarfile errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{name}: download into {root} failed: {first}") from None

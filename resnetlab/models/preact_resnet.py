@@ -169,35 +169,26 @@ class PreActResNet(nn.Module):
 _PREACT = {"family": "preact", "input_size": (3, 32, 32), "num_classes": 10, "paper": HE2016}
 
 
-def _blocks(depth: int, layers_per_block: int) -> int:
-    n, rest = divmod(depth - 2, 3 * layers_per_block)
+def _preact(block: type, depth: int, num_classes: int, in_channels: int, **kwargs) -> PreActResNet:
+    n, rest = divmod(depth - 2, 9 if block is PreActBottleneck else 6)  # 3 stages of n blocks
     if rest or n < 1:
-        raise UserError(f"depth {depth} is not {3 * layers_per_block}n+2")
-    return n
+        raise UserError(f"depth {depth} does not fit {block.__name__}s in three stages")
+    return PreActResNet(block, [n, n, n], (16, 32, 64), num_classes, in_channels, **kwargs)
 
 
 @register_model(**_PREACT)
 def preact_resnet110(num_classes: int = 10, in_channels: int = 3, **kwargs) -> PreActResNet:
     """Pre-activation ResNet-110 (basic blocks, 1.7M): 6.37% CIFAR-10 error, paper Table 2."""
-    n = _blocks(110, 2)
-    return PreActResNet(
-        PreActBasicBlock, [n, n, n], (16, 32, 64), num_classes, in_channels, **kwargs
-    )
+    return _preact(PreActBasicBlock, 110, num_classes, in_channels, **kwargs)
 
 
 @register_model(**_PREACT)
 def preact_resnet164(num_classes: int = 10, in_channels: int = 3, **kwargs) -> PreActResNet:
     """Pre-activation ResNet-164 (bottlenecks, 1.7M): 5.46% CIFAR-10 error, paper Table 3."""
-    n = _blocks(164, 3)
-    return PreActResNet(
-        PreActBottleneck, [n, n, n], (16, 32, 64), num_classes, in_channels, **kwargs
-    )
+    return _preact(PreActBottleneck, 164, num_classes, in_channels, **kwargs)
 
 
 @register_model(**_PREACT)
 def preact_resnet1001(num_classes: int = 10, in_channels: int = 3, **kwargs) -> PreActResNet:
     """Pre-activation ResNet-1001 (bottlenecks, 10.2M): 4.92% CIFAR-10 error, paper Table 3."""
-    n = _blocks(1001, 3)
-    return PreActResNet(
-        PreActBottleneck, [n, n, n], (16, 32, 64), num_classes, in_channels, **kwargs
-    )
+    return _preact(PreActBottleneck, 1001, num_classes, in_channels, **kwargs)

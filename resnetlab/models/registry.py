@@ -14,6 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from resnetlab.errors import UserError
+from resnetlab.models import weights as weights_format
 
 
 @dataclass(frozen=True)
@@ -65,31 +66,22 @@ def create_model(
     weights: str | Path | None = None,
     **kwargs,
 ) -> nn.Module:
-    """Build a registered model by name.
-
-    ``num_classes`` and ``in_channels`` default to the builder's own (10 and 3
-    for CIFAR models, 1000 and 3 for ImageNet ones, 10 and 1 for the MNIST CNN).
-    ``weights`` (a resnetlab run, bundle or .safetensors file, or a plain PyTorch
-    state_dict such as torchvision's) is loaded strictly; a resnetlab file of the same
-    model also supplies the defaults above.
+    """Build a registered model by name; ``num_classes`` and ``in_channels`` default to the
+    builder's own. ``weights`` (a resnetlab run, bundle or .safetensors file, or a plain
+    state_dict such as torchvision's) is loaded strictly; our own file also gives the defaults.
     """
     entry = get_model_entry(name)
     state_dict = None
     if weights is not None:
-        from resnetlab.models import weights as weights_format
-
         state_dict, meta = weights_format.read_weights(weights)
         num_classes, in_channels, kwargs = weights_format.meta_defaults(
             name, meta, num_classes, in_channels, kwargs
         )
-    if num_classes is not None:
-        if num_classes < 1:
-            raise UserError(f"num_classes must be at least 1, got {num_classes}")
-        kwargs["num_classes"] = num_classes
-    if in_channels is not None:
-        if in_channels < 1:
-            raise UserError(f"in_channels must be at least 1, got {in_channels}")
-        kwargs["in_channels"] = in_channels
+    for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if value is not None and value < 1:
+            raise UserError(f"{key} must be at least 1, got {value}")
+        if value is not None:
+            kwargs[key] = value
     try:
         model = entry.builder(**kwargs)
     except TypeError as e:  # a misspelt option from a flag or config file

@@ -1,9 +1,6 @@
-"""ImageNet-style residual networks (He et al. 2015), torchvision's "V1.5" layout.
-
-The stride of a downsampling bottleneck sits on its 3x3 conv, as in torchvision,
-and every attribute name matches torchvision's so its state_dicts load with
-``strict=True``. The helpers and blocks here are shared by the CIFAR, plain,
-pre-activation and wide networks; they are defined once, in this file.
+"""ImageNet-style residual networks (He et al. 2015) in torchvision's "V1.5" layout (the
+bottleneck's stride on its 3x3), with torchvision's attribute names so its state_dicts load
+strictly. The helpers and blocks here serve the CIFAR and plain networks too.
 """
 
 from __future__ import annotations
@@ -52,8 +49,7 @@ def projection(in_planes: int, out_planes: int, stride: int, norm_layer: NormLay
 def init_weights(model: nn.Module) -> None:
     """The papers' initialisation: Kaiming normal (fan_out) convs, BN weight 1 and bias 0.
 
-    Skipped on the meta device: meta tensors hold no values, and the random
-    fills there are slow (seconds for resnet1202) for nothing.
+    Skipped on the meta device, where tensors hold no values and the fills only cost time.
     """
     if any(p.is_meta for p in model.parameters()):
         return
@@ -66,10 +62,7 @@ def init_weights(model: nn.Module) -> None:
 
 
 def zero_init_last_bn(model: nn.Module) -> None:
-    """Zero the last BN of every residual block so each block starts as the identity.
-
-    Goyal et al. 2017 ("ImageNet in 1 hour"): it helps large-batch training.
-    """
+    """Zero every residual block's last BN, so it starts as the identity (Goyal et al. 2017)."""
     if any(p.is_meta for p in model.parameters()):
         return
     for m in model.modules():

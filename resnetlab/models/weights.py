@@ -1,13 +1,8 @@
-"""The weights format: safetensors with our metadata, and import of foreign state_dicts.
+"""The weights format: safetensors with our metadata as JSON inside, and foreign state_dicts.
 
-We write safetensors only: it cannot run code when read and it maps straight into
-memory. The metadata (model name, classes, preprocessing, ...) travels inside the
-file as JSON, so one file is enough to rebuild, evaluate and run a model.
-
-We read, besides our own files, plain PyTorch state_dicts (torchvision's ImageNet
-weights, DataParallel/DDP and torch.compile checkpoints, akamaster-style CIFAR
-checkpoints) through ``torch.load(weights_only=True)``, which never runs a pickled
-payload: a file that needs anything beyond tensors and containers is refused.
+We write safetensors only (it cannot run code when read), so one file rebuilds a model. We
+read plain PyTorch state_dicts (torchvision, DDP, torch.compile, akamaster's CIFAR files)
+with ``torch.load(weights_only=True)``: a file that needs more than tensors is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from resnetlab.errors import UserError
 from resnetlab.io import atomic_write, atomic_write_json
@@ -44,46 +40,28 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "net"
 # The torchvision reference scripts save their argparse namespace next to the weights:
 # it is a plain attribute bag, safe to rebuild.
 _EXTRA_SAFE_GLOBALS = [argparse.Namespace]
-# Renames that other CIFAR code bases use for our layers (akamaster calls `fc` `linear`).
-_KEY_ALIASES = {"linear.": "fc."}
 
 
 def save_weights(path: str | os.PathLike, model: nn.Module, meta: Mapping[str, Any]) -> None:
     """Write ``model``'s state_dict and ``meta`` as one safetensors file, atomically.
 
-    Wrapper prefixes are stripped so a DDP or compiled model saves the same keys as
-    the bare one, and the file loads into a fresh ``create_model`` directly.
+    Wrapper prefixes are stripped, so a DDP or compiled model saves the keys of the bare one.
     """
-    state = strip_prefixes(model.state_dict())
-    tensors: dict[str, Tensor] = {}
-    seen: set[tuple[int, int]] = set()
-    for key, value in state.items():
-        t = value.detach().cpu()
-        # safetensors refuses tensors that share memory; resnets never tie weights, but
-        # copying the odd shared or strided tensor keeps this safe for any module.
-        ptr = (t.untyped_storage().data_ptr(), t.storage_offset())
-        if ptr in seen or not t.is_contiguous() or t.untyped_storage().nbytes() != t.nbytes:
-            t = t.contiguous().clone()
-        seen.add(ptr)
-        tensors[key] = t
+    # Own contiguous copies: safetensors refuses shared or strided tensors.
+    tensors = {
+        k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for k, v in strip_prefixes(model.state_dict()).items()
+    }
     metadata = {"format": "pt", META_KEY: json.dumps(dict(meta))}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def strip_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Remove the prefixes DataParallel/DDP (``module.``) and torch.compile (``_orig_mod.``) add.
-
-    A prefix is stripped only when every key carries it, as a wrapper would leave it;
-    ``_orig_mod.`` is also removed where a compiled submodule put it mid-key.
-    """
+    """Remove the prefixes DataParallel/DDP (``module.``) and torch.compile (``_orig_mod.``) add,
+    in either nesting order, and ``_orig_mod.`` where a compiled submodule put it mid-key."""
     state = dict(state_dict)
-    changed = True
-    while changed and state:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix) :]: v for k, v in state.items()}
-                changed = True
+    for prefix in _WRAPPER_PREFIXES * 2:
+        consume_prefix_in_state_dict_if_present(state, prefix)
     return {k.replace("._orig_mod.", "."): v for k, v in state.items()}
 
 
@@ -139,22 +117,24 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict]:
     raw = metadata.get(META_KEY)
     if raw is None:
         return state, {}
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise UserError(f"cannot read {path}: its {META_KEY!r} metadata is not JSON") from e
-    if not isinstance(meta, dict):
-        raise UserError(f"cannot read {path}: its {META_KEY!r} metadata is not a JSON object")
-    return state, meta
+    return state, _json_object(raw, f"cannot read {path}: its {META_KEY!r} metadata")
 
 
 def _read_config(path: Path) -> dict:
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {path}: not a JSON file ({_first_line(e)})") from e
+    return _json_object(text, f"cannot read {path}: it")
+
+
+def _json_object(text: str, what: str) -> dict:
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} is not JSON ({_first_line(e)})") from e
     if not isinstance(meta, dict):
-        raise UserError(f"cannot read {path}: expected a JSON object")
+        raise UserError(f"{what} is not a JSON object")
     return meta
 
 
@@ -214,21 +194,11 @@ def _is_state_dict(obj: Mapping) -> bool:
 
 
 def adapt_keys(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Rename the layers other code bases name differently (akamaster's ``linear`` is our ``fc``).
-
-    A rename happens only when the model lacks the foreign name and the file lacks ours.
-    """
-    expected = model.state_dict().keys()
+    """akamaster's CIFAR checkpoints call our ``fc`` ``linear``: renamed if only the file has it."""
     state = dict(state_dict)
-    for theirs, ours in _KEY_ALIASES.items():
-        has_theirs = any(k.startswith(theirs) for k in state)
-        has_ours = any(k.startswith(ours) for k in state)
-        model_has_theirs = any(k.startswith(theirs) for k in expected)
-        if has_theirs and not has_ours and not model_has_theirs:
-            state = {
-                (ours + k[len(theirs) :] if k.startswith(theirs) else k): v
-                for k, v in state.items()
-            }
+    has = lambda keys, prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
+    if has(state, "linear.") and not has(state, "fc.") and not has(model.state_dict(), "linear."):
+        state = {("fc." + k[7:] if k.startswith("linear.") else k): v for k, v in state.items()}
     return state
 
 
@@ -237,53 +207,40 @@ def load_into(
 ) -> None:
     """Load ``state_dict`` strictly; any mismatch is one UserError line that names the keys.
 
-    BatchNorm's ``num_batches_tracked`` may be absent (files written before PyTorch 0.4,
-    as torchvision's original ImageNet weights): it only counts steps and is not a weight.
+    Checked here because ``load_state_dict``'s own error spans lines and loads part first.
+    BatchNorm fills a missing ``num_batches_tracked`` itself (files from before PyTorch 0.4).
     """
     expected = model.state_dict()
     state = dict(state_dict)
-    for key in expected.keys() - state.keys():
-        module = key[: -len("num_batches_tracked")]
-        if key.endswith("num_batches_tracked") and module + "running_mean" in state:
-            state[key] = torch.zeros((), dtype=torch.long)
-    missing = [k for k in expected if k not in state]
+    old_bn = {k for k in expected if k.endswith("num_batches_tracked")}
+    old_bn = {k for k in old_bn if k.replace("num_batches_tracked", "running_mean") in state}
+    missing = [k for k in expected if k not in state and k not in old_bn]
     unexpected = [k for k in state if k not in expected]
     shapes = [
         f"{k}: file {list(state[k].shape)} vs model {list(v.shape)}"
         for k, v in expected.items()
         if k in state and state[k].shape != v.shape
     ]
+    problems = [
+        _count(missing, "missing key"),
+        _count(unexpected, "unexpected key"),
+        _count(shapes, "shape mismatch", "es"),
+    ]
     if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key{_s(missing)} ({_few(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key{_s(unexpected)} ({_few(unexpected)})")
-        if shapes:
-            parts.append(
-                f"{len(shapes)} shape mismatch{'es' if len(shapes) > 1 else ''} ({_few(shapes)})"
-            )
         hint = ""
-        if any(s.startswith("fc.weight:") for s in shapes) and not missing and not unexpected:
+        if any(s.startswith("fc.weight:") for s in shapes) and not (missing or unexpected):
             hint = f"; pass num_classes={state['fc.weight'].shape[0]}"
-        raise UserError(f"{source} do not match {type(model).__name__}: {'; '.join(parts)}{hint}")
+        details = "; ".join(p for p in problems if p)
+        raise UserError(f"{source} do not match {type(model).__name__}: {details}{hint}")
     model.load_state_dict(state, strict=True)
 
 
-def _few(items: list[str], n: int = 4) -> str:
-    more = f", ... {len(items) - n} more" if len(items) > n else ""
-    return ", ".join(items[:n]) + more
-
-
-def _s(items: list) -> str:
-    return "s" if len(items) != 1 else ""
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike) -> dict:
-    """Load any weights file we accept into ``model`` strictly; returns the file's meta."""
-    state, meta = read_weights(path)
-    load_into(model, adapt_keys(state, model), source=f"weights in {Path(path)}")
-    return meta
+def _count(items: list[str], what: str, plural: str = "s") -> str:
+    """``2 missing keys (a, b)``, at most four named; empty for no items."""
+    if not items:
+        return ""
+    more = f", ... {len(items) - 4} more" if len(items) > 4 else ""
+    return f"{len(items)} {what}{plural if len(items) > 1 else ''} ({', '.join(items[:4])}{more})"
 
 
 def meta_defaults(
@@ -317,7 +274,8 @@ def load_checkpoint(
     The model comes back in eval mode on ``map_location``, with the meta that says how
     to preprocess its inputs.
     """
-    from resnetlab.models import create_model  # importing the package registers every model
+    # Lazy: the package imports this module, and importing it registers every model.
+    from resnetlab.models import create_model
 
     file = resolve_weights_path(path)
     state, meta = read_weights(file)
@@ -329,20 +287,13 @@ def load_checkpoint(
     missing = [k for k in ("num_classes", "in_channels") if k not in meta]
     if missing:
         raise UserError(f"{file}: its metadata lacks {', '.join(missing)}")
-    kwargs = meta.get("model_kwargs") or {}
+    kwargs = {"num_classes": meta["num_classes"], "in_channels": meta["in_channels"]}
     try:
-        model = create_model(
-            meta["model"],
-            num_classes=meta["num_classes"],
-            in_channels=meta["in_channels"],
-            **kwargs,
-        )
+        model = create_model(meta["model"], **kwargs, **(meta.get("model_kwargs") or {}))
     except UserError as e:  # model_kwargs the builder does not take: a foreign or edited file
         raise UserError(f"{file}: cannot build {meta['model']} from its metadata ({e})") from None
     load_into(model, state, source=f"weights in {file}")
-    model.to(map_location)
-    model.eval()
-    return model, meta
+    return model.to(map_location).eval(), meta
 
 
 def write_bundle(folder: str | os.PathLike, model: nn.Module, meta: Mapping[str, Any]) -> Path:
