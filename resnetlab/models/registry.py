@@ -7,6 +7,7 @@ name; the CLI, the experiment files and the tests all go through it.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,12 @@ def register_model(
         return builder
 
     return decorate
+
+
+def model_depth(model: str) -> int:
+    """The depth in a model's name (resnet110 -> 110); 0 for names without one."""
+    found = re.search(r"(\d+)$", model)
+    return int(found.group(1)) if found else 0
 
 
 def list_models(family: str | None = None) -> list[str]:

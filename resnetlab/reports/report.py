@@ -12,8 +12,8 @@ from pathlib import Path
 
 from resnetlab.errors import UserError
 from resnetlab.io import atomic_write, atomic_write_text
+from resnetlab.models import model_depth
 from resnetlab.reports.experiment import Experiment
-from resnetlab.training.config import model_depth
 
 
 @dataclass

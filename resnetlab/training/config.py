@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
@@ -19,7 +18,7 @@ from typing import Any
 
 from resnetlab.device import DEVICE_PATTERN, PRECISIONS
 from resnetlab.errors import UserError
-from resnetlab.models import get_model_entry
+from resnetlab.models import get_model_entry, model_depth
 
 CIFAR = ("cifar10", "cifar100")
 DATASET_CHOICES = ("mnist", "fashion-mnist", *CIFAR, "folder")
@@ -216,12 +215,6 @@ FAST = dict(
     recipe="fast",
 )  # fmt: skip
 FAST_FAMILIES = ("cifar", "plain", "preact", "wide")
-
-
-def model_depth(model: str) -> int:
-    """The depth in a model's name (resnet110 -> 110); 0 for names without one."""
-    found = re.search(r"(\d+)$", model)
-    return int(found.group(1)) if found else 0
 
 
 def recipe(model: str, family: str, dataset: str, name: str = "default") -> dict[str, Any]:
