@@ -208,7 +208,6 @@ def _train(
         due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
         if eval_loader is not None and due:
             ev = evaluate(eval_net, eval_loader, **eval_kw)
-            run.test_evaluations += eval_split == "test"
             if ema is not None and eval_split == "val":  # what the average adds, on record
                 raw = evaluate(net, eval_loader, **eval_kw)
         seconds = time.perf_counter() - t0
@@ -217,40 +216,14 @@ def _train(
             and eval_split == "val"
             and (run.best_acc is None or ev.top1 > run.best_acc)
         )
-        row = {
-            "epoch": epoch + 1,
-            "iteration": stats["iteration"],
-            "lr": stats["lr"],
-            "train_loss": stats["loss"],
-            "train_acc": stats["acc"],
-            "eval_split": eval_split if ev else "",
-            "eval_loss": ev.loss if ev else None,
-            "eval_acc": ev.top1 if ev else None,
-            "raw_eval_acc": raw.top1 if raw else None,
-            "seconds": round(seconds, 3),
-            "images_per_s": round(stats["images"] / max(train_seconds, 1e-9), 1),
-            "image_size": step.image_size,
-        }
-        run.history.append(row)
-        run.epoch, run.iteration = epoch + 1, stats["iteration"]
-        run.elapsed += seconds
-        run.train_images += stats["images"]
-        run.train_seconds += train_seconds
+        row = run.record(epoch + 1, stats, eval_split, ev, raw, seconds, train_seconds)
+        row["image_size"] = step.image_size
         if improved:
             run.best_epoch, run.best_acc = epoch + 1, ev.top1
         plot = epoch + 1 == cfg.epochs or time.monotonic() - last_plot >= PLOT_EVERY_S
         if folder.writer:
-            state_now = {
-                **({} if ema is None else {"model_ema": ema.state_dict()}),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": step.scheduler.state_dict(),
-                "scaler": step.scaler.state_dict(),
-                "rng": ckpt.rng_state(),
-                "config": asdict(cfg),
-                "run": asdict(run),
-            }
-            folder.commit_epoch(state_now, published, meta, run, improved, plot)
+            snapshot = training_state(model, ema, optimizer, step, cfg, run)
+            folder.commit_epoch(snapshot, published, meta, run, improved, plot)
         last_plot = time.monotonic() if plot else last_plot
         log(epoch_line(row, cfg.epochs, eval_split, ev, seconds, improved))
 
@@ -505,6 +478,27 @@ def epoch_line(row: dict, epochs: int, split: str, ev: Any, seconds: float, impr
         f"acc {row['train_acc']:6.2f}%  {evaluated}lr {row['lr']:.4g}  {seconds:.1f}s  "
         f"{row['images_per_s']:,.0f} img/s" + ("  *best" if improved else "")
     )
+
+
+def training_state(
+    model: nn.Module,
+    ema: AveragedModel | None,
+    optimizer: torch.optim.Optimizer,
+    step: TrainStep,
+    cfg: TrainConfig,
+    run: RunState,
+) -> dict[str, Any]:
+    """Everything `--resume` needs to continue bit for bit (training/checkpoint.py)."""
+    return {
+        **({} if ema is None else {"model_ema": ema.state_dict()}),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": step.scheduler.state_dict(),
+        "scaler": step.scaler.state_dict(),
+        "rng": ckpt.rng_state(),
+        "config": asdict(cfg),
+        "run": asdict(run),
+    }
 
 
 def _ema_updater(ema: AveragedModel, model: nn.Module, every: int) -> Callable[[int], None]:

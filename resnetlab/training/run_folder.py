@@ -70,6 +70,38 @@ class RunState:
     train_seconds: float = 0.0
     test_evaluations: int = 0  # times the test set was looked at (a best of several is marked)
 
+    def record(
+        self,
+        epoch: int,
+        stats: dict,
+        split: str,
+        ev: Any,
+        raw: Any,
+        seconds: float,
+        train_seconds: float,
+    ) -> dict[str, Any]:
+        """Add an epoch: its metrics.csv row (returned) and the run's totals."""
+        row = {
+            "epoch": epoch,
+            "iteration": stats["iteration"],
+            "lr": stats["lr"],
+            "train_loss": stats["loss"],
+            "train_acc": stats["acc"],
+            "eval_split": split if ev else "",
+            "eval_loss": ev.loss if ev else None,
+            "eval_acc": ev.top1 if ev else None,
+            "raw_eval_acc": raw.top1 if raw else None,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(stats["images"] / max(train_seconds, 1e-9), 1),
+        }
+        self.history.append(row)
+        self.epoch, self.iteration = epoch, stats["iteration"]
+        self.elapsed += seconds
+        self.train_images += stats["images"]
+        self.train_seconds += train_seconds
+        self.test_evaluations += bool(ev) and split == "test"
+        return row
+
 
 class RunFolder:
     """The files of one run; only the main process writes."""
