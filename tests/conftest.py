@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ def trained_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> T
     out = tmp_path_factory.mktemp("trained") / "run"
     argv = train_argv(mnist_root, out)
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    with contextlib.redirect_stdout(buf), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "384 images, the official has 60000"
         assert main(argv) == 0
     return TrainedRun(out, buf.getvalue(), tuple(argv))
