@@ -163,7 +163,7 @@ def test_config_file_is_overridden_by_flags_and_config_json_reproduces_the_run(
     assert cfg["lr"] == 0.03  # flag over file
     assert cfg["momentum"] == 0.5 and cfg["label_smoothing"] == 0.1  # file over recipe
     assert cfg["epochs"] == 1  # the flag's length replaces the file's
-    assert cfg["weight_decay"] == 5e-4  # recipe
+    assert cfg["weight_decay"] == recipe("mnist_cnn", "mnist", "mnist")["weight_decay"]  # recipe
     again = tmp_path / "b"
     assert main(["train", "--config", str(first / "config.json"), "--output-dir", str(again)]) == 0
     cfg2 = json.loads((again / "config.json").read_text())
