@@ -152,9 +152,10 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(
 ) -> None:
     """SIGKILL three times at random moments (during training, evaluation or a write).
 
-    The delays come from a seed printed here and in the assertion messages; set
-    ``RESNETLAB_TEST_SEED`` to it to replay them. The seed fixes the delays after each
-    start; where they land (which step, which write) also depends on the machine's speed.
+    The moments come from a seed printed here and in the assertion messages; set
+    ``RESNETLAB_TEST_SEED`` to it to replay them. The seed fixes each delay as a fraction
+    of the rest of the run (timed by the reference run), so where a kill lands (which step,
+    which write) is the same up to the jitter of the machine's speed.
     """
     out = tmp_path / "run"
     seed = replay_seed()
