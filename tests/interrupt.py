@@ -1,10 +1,27 @@
-"""Stopping a run at a chosen moment, in-process, for resume tests."""
+"""Stopping a run at a chosen moment, in-process, for resume tests; and the seed of the
+moments chosen at random."""
 
 from __future__ import annotations
+
+import os
+import time
 
 import pytest
 
 from resnetlab.cli import main
+
+SEED_VARIABLE = "RESNETLAB_TEST_SEED"
+
+
+def replay_seed() -> int:
+    """``$RESNETLAB_TEST_SEED`` if set (to replay a failure), else a fresh one from the clock."""
+    given = os.environ.get(SEED_VARIABLE, "").strip()
+    if given:
+        try:
+            return int(given)
+        except ValueError:
+            pytest.fail(f"{SEED_VARIABLE} must be an integer, not {given!r}")
+    return time.time_ns() % 2**32
 
 
 def stopped_after_epoch_2(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,13 +24,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from fakedata import read_idx, single_thread, write_cifar10, write_mnist
+from conftest import MNIST_TEST, TrainedRun
+from fakedata import write_cifar10
 from safetensors.torch import load_file
 
 from resnetlab.cli import main
@@ -41,26 +41,21 @@ from resnetlab.training.train import resplit_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-N_TEST = 97  # odd: the two evaluation shards differ (49 and 48), as padding would hide
+N_TEST = MNIST_TEST  # 97, odd: the two evaluation shards differ (49 and 48), as padding would hide
 TIMEOUT_S = 240  # a group that hangs fails the test instead of the suite
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture
+def data_root(mnist_root: Path) -> Path:
     # 384 - 64 held out = 320 training images: 10 steps of 32, or of 2 x 16.
-    return write_mnist(tmp_path_factory.mktemp("data"), n_train=384, n_test=N_TEST)
+    return mnist_root
 
 
 def args(data_root: Path, out: Path, batch: int, *extra: str) -> list[str]:
+    """The shared run's command (tests/conftest.py: train_argv) with another batch."""
     return [
         "train", "--model", "mnist_cnn", "--dataset", "mnist", "--data-path", str(data_root),
-        "--epochs", "2", "-b", str(batch), "--val-split", "64", "--workers", "0",
+        "--epochs", "3", "-b", str(batch), "--val-split", "64", "--workers", "0",
         "--output-dir", str(out), "--print-freq", "4", "--precision", "fp32", *extra,
     ]  # fmt: skip
 
@@ -90,15 +85,12 @@ def assert_close_weights(a: Path, b: Path) -> None:
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-3, atol=1e-4)
 
 
-def reference_eval(weights: Path, data_root: Path) -> tuple[float, float]:
-    """Test loss and top-1 from the raw idx files and a plain forward, without resnetlab.data."""
+def reference_eval(weights: Path, test_set: tuple) -> tuple[float, float]:
+    """Test loss and top-1 from the hand-normalised idx test set and a plain forward."""
     from resnetlab.models.weights import load_checkpoint
 
     model, _ = load_checkpoint(weights)
-    raw = data_root / "MNIST" / "raw"
-    x = torch.from_numpy(read_idx(raw / "t10k-images-idx3-ubyte").copy()).float()
-    y = torch.from_numpy(read_idx(raw / "t10k-labels-idx1-ubyte").copy()).long()
-    x = ((x / 255 - 0.1307) / 0.3081).unsqueeze(1)
+    x, y = test_set
     with torch.inference_mode():
         logits = model(x)
     return F.cross_entropy(logits, y).item(), 100.0 * (logits.argmax(1) == y).float().mean().item()
@@ -134,19 +126,24 @@ def stop_at_epoch_2(real):  # noqa: ANN001, ANN201
 # --- references: one process, global batch 32 ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def reference(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ref") / "run"
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert main(args(data_root, out, 32)) == 0
-    return out
+@pytest.fixture
+def reference(trained_run: TrainedRun, mnist_root: Path) -> Path:
+    """The shared run (tests/conftest.py) is this file's command with batch 32."""
+
+    def settings(argv: list[str]) -> list[str]:  # what decides the numbers
+        drop = {i + d for i, a in enumerate(argv) if a in ("--print-freq", "--output-dir")
+                for d in (0, 1)}  # fmt: skip
+        return [a for i, a in enumerate(argv) if i not in drop]
+
+    assert settings(list(trained_run.argv)) == settings(args(mnist_root, trained_run.path, 32))
+    return trained_run.path
 
 
 @pytest.fixture(scope="module")
-def reference_ema(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reference_ema(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ref-ema") / "run"
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(args(data_root, out, 32, *EMA)) == 0
+        assert main(args(mnist_root, out, 32, *EMA)) == 0
     return out
 
 
@@ -220,17 +217,17 @@ def _rank_main(rank: int, port: int, argvs: list[list[str]], logs: str, data_roo
 
 
 @pytest.fixture(scope="module")
-def ddp_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def ddp_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Rank 0 writes to run/, rank 1 is pointed at elsewhere/ (which must stay absent)."""
     import torch.multiprocessing as mp
 
     base = tmp_path_factory.mktemp("ddp")
     run, elsewhere, logs = base / "run", base / "elsewhere", base / "logs"
     logs.mkdir()
-    argvs = [args(data_root, run, 16), args(data_root, elsewhere, 16)]
+    argvs = [args(mnist_root, run, 16), args(mnist_root, elsewhere, 16)]
     ctx = mp.start_processes(
         _rank_main,
-        args=(free_port(), argvs, str(logs), str(data_root)),
+        args=(free_port(), argvs, str(logs), str(mnist_root)),
         nprocs=2,
         join=False,
         start_method="spawn",
@@ -276,7 +273,7 @@ def test_ranks_hold_identical_parameters_and_only_rank_0_prints_or_writes(
 
 
 def test_sharded_evaluation_counts_each_sample_once_and_equals_one_process(
-    ddp_run: dict[str, Path], data_root: Path
+    ddp_run: dict[str, Path], data_root: Path, mnist_test_set: tuple
 ) -> None:
     from resnetlab.data import build_loaders
     from resnetlab.models.weights import load_checkpoint
@@ -298,7 +295,8 @@ def test_sharded_evaluation_counts_each_sample_once_and_equals_one_process(
     assert r0["per_class"] == single["per_class"]
     assert (r0["top1"], r0["top5"]) == (single["top1"], single["top5"])
     assert r0["loss"] == pytest.approx(single["loss"], rel=1e-6)
-    loss, top1 = reference_eval(weights, data_root)
+    assert len(mnist_test_set[1]) == N_TEST
+    loss, top1 = reference_eval(weights, mnist_test_set)
     assert r0["top1"] == pytest.approx(top1) and r0["loss"] == pytest.approx(loss, rel=1e-5)
 
 
@@ -323,6 +321,7 @@ def test_ddp_checkpoint_resumes_in_one_process_as_one_run_of_the_global_batch(
 @pytest.mark.parametrize("ema", [False, True], ids=["weights", "ema"])
 def test_torchrun_resumes_a_single_process_run_with_the_same_global_batch(
     data_root: Path,
+    mnist_test_set: tuple,
     ema: bool,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -350,7 +349,8 @@ def test_torchrun_resumes_a_single_process_run_with_the_same_global_batch(
     lines = done.stdout.splitlines()
     assert sum(line.startswith(f"resuming {run}") for line in lines) == 1  # rank 0 only
     assert "2 processes x batch 16 = global batch 32" in done.stdout
-    assert sum(line.startswith("epoch   2/2") for line in lines) == 1
+    assert sum(line.startswith("epoch   2/3") for line in lines) == 1
+    assert sum(line.startswith("epoch   3/3") for line in lines) == 1
 
     for ours, theirs in zip(rows(run), rows(reference), strict=True):
         assert_same_numbers(ours, theirs)  # epoch 2 by DDP: global train loss and accuracy
@@ -358,7 +358,7 @@ def test_torchrun_resumes_a_single_process_run_with_the_same_global_batch(
     ours = json.loads((run / "summary.json").read_text())["test"]
     theirs = json.loads((reference / "summary.json").read_text())["test"]
     assert ours == pytest.approx(theirs, rel=1e-5)
-    loss, top1 = reference_eval(run / "last.safetensors", data_root)
+    loss, top1 = reference_eval(run / "last.safetensors", mnist_test_set)
     assert ours["top1"] == pytest.approx(top1) and ours["loss"] == pytest.approx(loss, rel=1e-5)
 
 

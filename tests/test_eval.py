@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from fakedata import read_idx, single_thread, write_cifar10, write_mnist
+from conftest import TrainedRun
+from fakedata import write_cifar10
 from torch import nn
 
 from resnetlab.cli import main
@@ -18,12 +19,6 @@ from resnetlab.models.weights import load_checkpoint
 from resnetlab.training.evaluate import evaluate
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
 
 
 class Logits(nn.Module):
@@ -92,18 +87,17 @@ def test_evaluate_restores_training_mode_and_needs_no_grad() -> None:
 # --- the command --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = write_mnist(tmp_path_factory.mktemp("data"), n_train=256, n_test=80)
-    run = tmp_path_factory.mktemp("runs") / "run"
-    argv = ["train", "--model", "mnist_cnn", "--dataset", "mnist", "--data-path", str(root),
-            "--epochs", "2", "-b", "32", "--val-split", "48", "--workers", "0",
-            "--output-dir", str(run)]  # fmt: skip
-    assert main(argv) == 0
-    return root, run
+@pytest.fixture
+def trained(trained_run: TrainedRun, mnist_root: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The shared run (tests/conftest.py), copied: eval writes its picture into the folder."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.path, run)
+    return mnist_root, run
 
 
-def test_eval_json_matches_a_reference_computation(trained: tuple[Path, Path], capsys) -> None:
+def test_eval_json_matches_a_reference_computation(
+    trained: tuple[Path, Path], mnist_test_set: tuple, capsys
+) -> None:
     root, run = trained
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run), "--json", "--device", "cpu"]) == 0
@@ -111,15 +105,12 @@ def test_eval_json_matches_a_reference_computation(trained: tuple[Path, Path], c
 
     # Reference: the raw idx test files, normalised by hand, through the best checkpoint.
     model, meta = load_checkpoint(run / "best.safetensors")
-    raw = root / "MNIST" / "raw"
-    x = torch.from_numpy(read_idx(raw / "t10k-images-idx3-ubyte").copy()).float()
-    y = torch.from_numpy(read_idx(raw / "t10k-labels-idx1-ubyte").copy()).long()
-    x = ((x / 255 - 0.1307) / 0.3081).unsqueeze(1)
+    x, y = mnist_test_set
     with torch.inference_mode():
         logits = model(x)
     pred = logits.argmax(1)
     assert report["checkpoint"].endswith("best.safetensors")
-    assert report["num_samples"] == 80 and report["split"] == "test"
+    assert report["num_samples"] == len(y) and report["split"] == "test"
     assert report["top1"] == pytest.approx(100.0 * (pred == y).float().mean().item())
     top5 = (logits.topk(5, 1).indices == y[:, None]).any(1).float().mean().item()
     assert report["top5"] == pytest.approx(100.0 * top5)
@@ -146,13 +137,13 @@ def test_eval_of_every_checkpoint_kind_and_the_val_split(
         results[name] = json.loads(capsys.readouterr().out)
     a, b = results.values()
     assert a["top1"] == b["top1"] and a["loss"] == pytest.approx(b["loss"])
-    # The run's own held-out images (48 of them, by its seed), and their accuracy as trained.
+    # The run's own held-out images (64 of them, by its seed), and their accuracy as trained.
     assert (
         main(["eval", "--checkpoint", str(run / "last.safetensors"), "--split", "val", "--json"])
         == 0
     )
     val = json.loads(capsys.readouterr().out)
-    assert val["num_samples"] == 48
+    assert val["num_samples"] == 64
     last_row = (run / "metrics.csv").read_text().strip().splitlines()[-1].split(",")
     assert val["top1"] == pytest.approx(float(last_row[7]))  # eval_acc of the last epoch
     # The human-readable form has the table and the picture.

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TrainedRun
 from PIL import Image
 from torch import nn
 
@@ -252,3 +253,28 @@ def test_export_bad_input_is_exit_2(
     )
     assert code == 2 and "bad.png" in capsys.readouterr().err
     assert not (folder / "resnet20.onnx").exists()
+
+
+def test_onnx_of_a_trained_run_gives_its_test_set_logits(
+    trained_run: TrainedRun, mnist_test_set: tuple, tmp_path: Path
+) -> None:
+    """A run folder as training left it exports with its own metadata, and onnxruntime
+    gives the logits of the saved model on the hand-normalised test images."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    before = {p.name: p.stat().st_mtime_ns for p in trained_run.path.iterdir()}
+    out = tmp_path / "mnist.onnx"
+    argv = ["export", "--checkpoint", str(trained_run.path), "--format", "onnx"]
+    assert main([*argv, "--output", str(out)]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in trained_run.path.iterdir()} == before
+    model, meta = load_checkpoint(trained_run.path / "best.safetensors")
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(props["resnetlab"]) == meta
+    x, y = mnist_test_set
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        want = model.eval()(x).numpy()
+    assert got.shape == (len(y), 10)
+    assert np.abs(got - want).max() <= 1e-4
+    assert (got.argmax(1) == want.argmax(1)).all()

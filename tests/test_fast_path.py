@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from fakedata import single_thread, write_mnist
 from torch import nn
 
 from resnetlab.cli import main
@@ -49,12 +47,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 LR, MOMENTUM, WD = 0.1, 0.9, 1e-4
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
 
 
 def cifar_like(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,12 +202,11 @@ def test_explicit_choices_are_kept_or_refused() -> None:
         resolve_precision("fp16", CPU)
 
 
-def test_run_records_the_resolved_choices(tmp_path: Path) -> None:
+def test_run_records_the_resolved_choices(mnist_root: Path, tmp_path: Path) -> None:
     import json
 
-    root = write_mnist(tmp_path / "data", n_train=128, n_test=32)
     common = [
-        "train", "--model", "mnist_cnn", "--dataset", "mnist", "--data-path", str(root),
+        "train", "--model", "mnist_cnn", "--dataset", "mnist", "--data-path", str(mnist_root),
         "--iterations", "2", "-b", "32", "--val-split", "32", "--workers", "0",
     ]  # fmt: skip
     assert main([*common, "--output-dir", str(tmp_path / "auto")]) == 0

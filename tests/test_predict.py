@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TrainedRun
+from fakedata import read_idx
 from PIL import Image
 from torch import nn
 
@@ -15,7 +17,7 @@ from resnetlab.cli import main
 from resnetlab.errors import UserError
 from resnetlab.inference.predict import find_images, predict, preprocess_fn
 from resnetlab.models import create_model
-from resnetlab.models.weights import save_weights
+from resnetlab.models.weights import load_checkpoint, save_weights
 
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -244,3 +246,22 @@ def test_cli_bad_input_is_exit_2(
     assert "no images found" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", str(tmp_path / "nope"), str(tmp_path)]) == 2
     assert "no such weights file" in capsys.readouterr().err
+
+
+def test_a_trained_runs_folder_predicts_its_own_test_images(
+    trained_run: TrainedRun, mnist_root: Path, mnist_test_set: tuple, tmp_path: Path
+) -> None:
+    """The preprocessing predict reads from a checkpoint training wrote (1 channel, MNIST's
+    mean and std) gives the probabilities of the hand-normalised idx images."""
+    model, meta = load_checkpoint(trained_run.path / "best.safetensors")
+    raw = read_idx(mnist_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte")
+    images = [save_png(tmp_path / f"{i}.png", raw[i]) for i in range(6)]
+    preds = predict(trained_run.path, images, topk=3, batch_size=4, precision="fp32")
+    x, _ = mnist_test_set
+    with torch.no_grad():
+        probs = torch.softmax(model.eval()(x[:6]), dim=1)
+    for pred, p in zip(preds, probs, strict=True):
+        values, indices = p.topk(3)
+        assert [i for i, _, _ in pred.topk] == indices.tolist()
+        assert [name for _, name, _ in pred.topk] == [meta["classes"][i] for i in indices]
+        assert np.allclose([q for _, _, q in pred.topk], values.tolist(), atol=1e-5)

@@ -2,6 +2,10 @@
 
 The reference is the same command run without interruption; "identical" is
 ``torch.equal`` on every tensor of last.safetensors and best.safetensors.
+
+The SIGKILL test picks its moments from a seed it prints (on stdout, shown by pytest when
+the test fails, and in its assertion messages); ``RESNETLAB_TEST_SEED=<seed>`` replays
+the same choices.
 """
 
 from __future__ import annotations
@@ -15,12 +19,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from fakedata import single_thread, write_mnist
+from interrupt import SEED_VARIABLE, replay_seed, stopped_after_epoch_2
 from safetensors.torch import load_file
 
 from resnetlab.cli import main
@@ -31,21 +34,16 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 EPOCHS = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    with single_thread():  # the subprocesses get OMP_NUM_THREADS=1
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_mnist(tmp_path_factory.mktemp("data"), n_train=224, n_test=64)
+@pytest.fixture
+def data_root(mnist_root: Path) -> Path:
+    return mnist_root
 
 
 def train_args(data_root: Path, out: Path, epochs: int = EPOCHS) -> list[str]:
+    # 384 - 224 held out: 160 training images, 5 steps of 32 per epoch
     return [
         "train", "--model", "mnist_cnn", "--dataset", "mnist", "--data-path", str(data_root),
-        "--epochs", str(epochs), "-b", "32", "--val-split", "64", "--workers", "0",
+        "--epochs", str(epochs), "-b", "32", "--val-split", "224", "--workers", "0",
         "--print-freq", "2", "--output-dir", str(out), "--seed", "3",
         "--augment", "crop-flip",  # random crops and flips must resume exactly too
     ]  # fmt: skip
@@ -55,11 +53,11 @@ def cli(args: list[str]) -> int:
     return main(args)
 
 
-def assert_same_weights(a: Path, b: Path) -> None:
+def assert_same_weights(a: Path, b: Path, msg: str = "") -> None:
     wa, wb = load_file(str(a)), load_file(str(b))
-    assert wa.keys() == wb.keys()
+    assert wa.keys() == wb.keys(), msg
     for key in wa:
-        assert torch.equal(wa[key], wb[key]), f"{a.name}: {key} differs"
+        assert torch.equal(wa[key], wb[key]), f"{a.name}: {key} differs; {msg}"
 
 
 def metrics(run: Path) -> list[dict]:
@@ -70,9 +68,9 @@ def metrics(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def reference(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reference(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ref") / "run"
-    assert cli(train_args(data_root, out)) == 0
+    assert cli(train_args(mnist_root, out)) == 0
     return out
 
 
@@ -119,21 +117,8 @@ def test_kill_between_state_and_weights_is_repaired(
     capsys: pytest.CaptureFixture,
 ) -> None:
     """State of epoch 2 committed, last.safetensors still epoch 1: resume must not mix them."""
-    import resnetlab.models.weights as weights
-
     out = tmp_path / "run"
-    real = weights.save_weights
-    calls = {"n": 0}
-
-    def die_on_epoch_2(path, model, meta):  # noqa: ANN001
-        if meta["epoch"] == 2:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        real(path, model, meta)
-
-    monkeypatch.setattr(weights, "save_weights", die_on_epoch_2)
-    assert cli(train_args(data_root, out)) == 130
-    monkeypatch.undo()
+    stopped_after_epoch_2(train_args(data_root, out), monkeypatch)
     assert ckpt.load_state(out / ckpt.STATE_FILE)["run"]["epoch"] == 2
     assert len(metrics(out)) == 1  # derived files still at epoch 1
     capsys.readouterr()
@@ -165,9 +150,16 @@ def _spawn(args: list[str]) -> subprocess.Popen:
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(
     data_root: Path, reference: Path, tmp_path: Path
 ) -> None:
-    """SIGKILL three times at random moments (during training, evaluation or a write)."""
+    """SIGKILL three times at random moments (during training, evaluation or a write).
+
+    The moments come from a seed printed here and in the assertion messages; set
+    ``RESNETLAB_TEST_SEED`` to it to replay them. The seed fixes each delay as a fraction
+    of the rest of the run (timed by the reference run), so where a kill lands (which step,
+    which write) is the same up to the jitter of the machine's speed.
+    """
     out = tmp_path / "run"
-    seed = int(time.time())
+    seed = replay_seed()
+    print(f"replay with {SEED_VARIABLE}={seed}")
     rng = random.Random(seed)
     kills = 0
     args = train_args(data_root, out)
@@ -197,16 +189,16 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(
         resumed_from.append(start)
         proc = _spawn(["train", "--resume", str(out)])
         stdout, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err.decode()
+        assert proc.returncode == 0, f"{SEED_VARIABLE}={seed}: {err.decode()}"
         if start:
-            assert f"resuming {out} after epoch {start} ".encode() in stdout
-    msg = f"random seed {seed}, {kills} kills, resumed after epochs {resumed_from}"
+            assert f"resuming {out} after epoch {start} ".encode() in stdout, seed
+    msg = f"{SEED_VARIABLE}={seed} replays it; {kills} kills, resumed after epochs {resumed_from}"
     assert kills >= 1 and max(resumed_from) >= 1, msg
     assert (out / "summary.json").exists(), msg
-    assert_same_weights(out / ckpt.LAST_WEIGHTS, reference / ckpt.LAST_WEIGHTS)
-    assert_same_weights(out / ckpt.BEST_WEIGHTS, reference / ckpt.BEST_WEIGHTS)
+    assert_same_weights(out / ckpt.LAST_WEIGHTS, reference / ckpt.LAST_WEIGHTS, msg)
+    assert_same_weights(out / ckpt.BEST_WEIGHTS, reference / ckpt.BEST_WEIGHTS, msg)
     assert metrics(out) == metrics(reference), msg
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.glob(".*.tmp")), msg
 
 
 class _Payload:

@@ -10,15 +10,6 @@ from resnetlab.models import create_model, list_models
 from resnetlab.reports.summary import count_macs, layer_rows
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on 2 shared cores, OpenMP spinning makes 2 threads several x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def meta_model(name: str, **kwargs) -> torch.nn.Module:
     with torch.device("meta"):
         return create_model(name, **kwargs)

@@ -10,13 +10,14 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from fakedata import read_idx, single_thread, write_cifar10, write_mnist
+from conftest import TrainedRun
+from fakedata import write_cifar10
 
 from resnetlab.cli import main
 from resnetlab.models import create_model
@@ -30,15 +31,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 STEPS = 10  # (384 train - 64 val) / 32 per batch
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_mnist(tmp_path_factory.mktemp("data"), n_train=384, n_test=96)
+@pytest.fixture
+def data_root(mnist_root: Path) -> Path:
+    return mnist_root
 
 
 def args(data_root: Path, out: Path, *extra: str, epochs: int = 3) -> list[str]:
@@ -65,12 +60,9 @@ def read_metrics(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def reference_eval(model: torch.nn.Module, data_root: Path) -> tuple[float, float]:
-    """Test loss and top-1 of ``model``, from the raw idx files, without resnetlab.data."""
-    raw = data_root / "MNIST" / "raw"
-    x = torch.from_numpy(read_idx(raw / "t10k-images-idx3-ubyte").copy()).float()
-    y = torch.from_numpy(read_idx(raw / "t10k-labels-idx1-ubyte").copy()).long()
-    x = ((x / 255 - 0.1307) / 0.3081).unsqueeze(1)
+def reference_eval(model: torch.nn.Module, test_set: tuple) -> tuple[float, float]:
+    """Test loss and top-1 of ``model`` on the hand-normalised idx test set."""
+    x, y = test_set
     model.eval()
     with torch.inference_mode():
         logits = model(x)
@@ -78,30 +70,22 @@ def reference_eval(model: torch.nn.Module, data_root: Path) -> tuple[float, floa
     return loss, 100.0 * (logits.argmax(1) == y).float().mean().item()
 
 
-@pytest.fixture(scope="module")
-def finished(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("runs") / "run"
-    import contextlib
-    import io
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        # fp32, so the logged test loss can be checked against an fp32 reference to 1e-5
-        # (auto is bf16 on native-bf16 CPUs: tests/test_fast_path.py checks that path).
-        assert main(args(data_root, out, "--precision", "fp32")) == 0
-    return out, buf.getvalue()
+@pytest.fixture
+def finished(trained_run: TrainedRun) -> tuple[Path, str]:
+    """The shared 3-epoch run (tests/conftest.py): read it, never write into it."""
+    return trained_run.path, trained_run.stdout
 
 
 # --- a complete run -----------------------------------------------------------------------------
 
 
-def test_training_lowers_the_loss(finished: tuple[Path, str], data_root: Path) -> None:
+def test_training_lowers_the_loss(finished: tuple[Path, str], mnist_test_set: tuple) -> None:
     run, _ = finished
     torch.manual_seed(0)
     untrained = create_model("mnist_cnn")
     trained, meta = load_checkpoint(run / "last.safetensors")
-    loss_before, _ = reference_eval(untrained, data_root)
-    loss_after, acc_after = reference_eval(trained, data_root)
+    loss_before, _ = reference_eval(untrained, mnist_test_set)
+    loss_after, acc_after = reference_eval(trained, mnist_test_set)
     assert loss_before > 2.0  # ~ln(10) for an untrained 10-way classifier
     assert loss_after < 0.5 * loss_before
     assert acc_after > 50.0  # chance is 10%
@@ -110,26 +94,34 @@ def test_training_lowers_the_loss(finished: tuple[Path, str], data_root: Path) -
 
 
 def test_a_run_leaves_config_metrics_summary_curves_and_checkpoints(
-    finished: tuple[Path, str], data_root: Path
+    finished: tuple[Path, str], mnist_test_set: tuple
 ) -> None:
     run, stdout = finished
+    epochs = 3
     cfg = json.loads((run / "config.json").read_text())
-    # Fully resolved: the recipe's values are written out, and the length in both units.
-    assert cfg["epochs"] == 3 and cfg["iterations"] == 3 * STEPS
-    assert cfg["lr"] == 0.05 and cfg["momentum"] == 0.9 and cfg["weight_decay"] == 5e-4
-    assert cfg["schedule"] == "cosine" and cfg["eval_batch_size"] == 64
+    # Fully resolved: what the flags left unset is the recipe's, written out (so that
+    # `--config config.json` repeats the run), and the length in both units.
+    assert cfg["epochs"] == epochs and cfg["iterations"] == epochs * STEPS
+    mnist_recipe = recipe("mnist_cnn", "mnist", "mnist")
+    given = {"epochs", "batch_size", "val_split", "precision"}
+    assert {k: cfg[k] for k in mnist_recipe if k not in given | {"iterations"}} == {
+        k: v for k, v in mnist_recipe.items() if k not in given | {"iterations"}
+    }
+    assert cfg["eval_batch_size"] == 2 * 32  # `train --help`: "default: twice --batch-size"
     assert Path(cfg["data_path"]).is_absolute()
     unresolved = [k for k, v in cfg.items() if v is None and k != "resize_size"]
     assert unresolved == []
 
     rows = read_metrics(run)
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
-    assert [int(r["iteration"]) for r in rows] == [STEPS, 2 * STEPS, 3 * STEPS]
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+    assert [int(r["iteration"]) for r in rows] == [STEPS * e for e in range(1, epochs + 1)]
     assert {r["eval_split"] for r in rows} == {"val"}
-    # The cosine schedule, read back: lr of the last step of each epoch.
+    # The lr the run used, read back: the cosine curve of its config's lr and length,
+    # at the last step of each epoch (the formula of Loshchilov & Hutter, without restarts).
+    assert cfg["schedule"] == "cosine"
     for r in rows:
         it = int(r["iteration"]) - 1
-        expected = 0.05 * 0.5 * (1 + math.cos(math.pi * it / (3 * STEPS)))
+        expected = cfg["lr"] * 0.5 * (1 + math.cos(math.pi * it / (epochs * STEPS)))
         assert float(r["lr"]) == pytest.approx(expected)
 
     summary = json.loads((run / "summary.json").read_text())
@@ -137,9 +129,9 @@ def test_a_run_leaves_config_metrics_summary_curves_and_checkpoints(
     assert summary["best_val_acc"] == max(accs)
     assert summary["best_epoch"] == accs.index(max(accs)) + 1
     assert read_weights(run / "best.safetensors")[1]["epoch"] == summary["best_epoch"]
-    assert read_weights(run / "last.safetensors")[1]["epoch"] == 3
+    assert read_weights(run / "last.safetensors")[1]["epoch"] == epochs
     trained, meta = load_checkpoint(run / "last.safetensors")
-    loss, top1 = reference_eval(trained, data_root)
+    loss, top1 = reference_eval(trained, mnist_test_set)
     assert summary["test"]["top1"] == pytest.approx(top1)
     assert summary["test"]["loss"] == pytest.approx(loss, rel=1e-5)
     assert meta["classes"][0] == "0 - zero" and meta["input_size"] == [1, 28, 28]
@@ -150,7 +142,7 @@ def test_a_run_leaves_config_metrics_summary_curves_and_checkpoints(
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     epoch_lines = [line for line in stdout.splitlines() if line.startswith("epoch ")]
-    assert len(epoch_lines) == 3
+    assert len(epoch_lines) == epochs
     assert all(
         "train loss" in line and "val loss" in line and "img/s" in line for line in epoch_lines
     )
@@ -171,7 +163,7 @@ def test_config_file_is_overridden_by_flags_and_config_json_reproduces_the_run(
     assert cfg["lr"] == 0.03  # flag over file
     assert cfg["momentum"] == 0.5 and cfg["label_smoothing"] == 0.1  # file over recipe
     assert cfg["epochs"] == 1  # the flag's length replaces the file's
-    assert cfg["weight_decay"] == 5e-4  # recipe
+    assert cfg["weight_decay"] == recipe("mnist_cnn", "mnist", "mnist")["weight_decay"]  # recipe
     again = tmp_path / "b"
     assert main(["train", "--config", str(first / "config.json"), "--output-dir", str(again)]) == 0
     cfg2 = json.loads((again / "config.json").read_text())
@@ -228,25 +220,35 @@ def test_iterations_decide_the_length_and_the_paper_schedule_scales(tmp_path: Pa
 # --- recipes and schedules ----------------------------------------------------------------------
 
 
-def test_paper_recipe_for_cifar_resnets() -> None:
-    r = recipe("resnet56", "cifar", "cifar10")
-    assert (r["iterations"], r["batch_size"], r["lr"]) == (64_000, 128, 0.1)
-    assert (r["momentum"], r["weight_decay"], r["val_split"]) == (0.9, 1e-4, 5000)
-    assert r["schedule"] == "paper" and "warmup_iterations" not in r
-    deep = recipe("resnet110", "cifar", "cifar10")
-    assert (deep["warmup_iterations"], deep["warmup_method"], deep["warmup_factor"]) == (
-        400,
-        "constant",
-        0.1,
-    )
-    assert recipe("resnet1202", "cifar", "cifar100")["warmup_iterations"] == 400
+def paper_lr_curve(model: str, **given: object) -> dict[int, float]:
+    """The lr at chosen iterations of the schedule a run of ``model`` on CIFAR-10 builds
+    from its resolved config (as `train` does: resnetlab/training/train.py)."""
+    cfg = fill_recipe(merge({}, {"model": model, "dataset": "cifar10", **given}), "cifar")
+    s = LrSchedule(cfg.schedule, total=cfg.iterations, steps_per_epoch=352,
+                   warmup=cfg.warmup_iterations or 0, warmup_method=cfg.warmup_method,
+                   warmup_factor=cfg.warmup_factor)  # fmt: skip
+    return {it: cfg.lr * s(it) for it in (0, 399, 400, 31_999, 32_000, 47_999, 48_000, 63_999)}
+
+
+def test_paper_recipe_gives_the_papers_lr_curve_and_warms_up_only_the_deep_nets() -> None:
+    """He et al. 2015, section 4.2: lr 0.1, divided by 10 at 32k and 48k iterations, stop at
+    64k; for ResNet-110 "we use 0.01 to warm up the training until the training error is
+    below 80% (about 400 iterations), and then go back to 0.1"."""
+    paper = {0: 0.1, 399: 0.1, 400: 0.1, 31_999: 0.1, 32_000: 0.01, 47_999: 0.01,
+             48_000: 0.001, 63_999: 0.001}  # fmt: skip
+    assert paper_lr_curve("resnet56") == pytest.approx(paper)
+    warm = {**paper, 0: 0.01, 399: 0.01}
+    assert paper_lr_curve("resnet110") == pytest.approx(warm)
+    assert paper_lr_curve("resnet110", warmup_epochs=0.0) == pytest.approx(paper)  # turned off
     # The user's length replaces the recipe's; everything else stays.
     cfg = fill_recipe(merge({}, {"model": "resnet20", "dataset": "cifar10", "epochs": 10}), "cifar")
-    assert (cfg.epochs, cfg.iterations, cfg.lr) == (10, None, 0.1)
-    deep = fill_recipe(merge({}, {"model": "resnet110", "dataset": "cifar10"}), "cifar")
-    assert deep.warmup_iterations == 400
-    off = {"model": "resnet110", "dataset": "cifar10", "warmup_epochs": 0.0}
-    assert fill_recipe(merge({}, off), "cifar").warmup_iterations is None  # no warm-up
+    full = fill_recipe(merge({}, {"model": "resnet20", "dataset": "cifar10"}), "cifar")
+    assert (cfg.epochs, cfg.iterations) == (10, None)
+    assert {**vars(cfg), "epochs": None, "iterations": None} == {
+        **vars(full),
+        "epochs": None,
+        "iterations": None,
+    }
 
 
 def test_paper_schedule_with_warmup_by_hand() -> None:
@@ -343,7 +345,8 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_checkpoint(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0]
     assert f"iteration {STEPS + 1} " in err[0] and "epoch 2" in err[0]
-    lr = 0.05 * 0.5 * (1 + math.cos(math.pi * STEPS / (3 * STEPS)))
+    base_lr = recipe("mnist_cnn", "mnist", "mnist")["lr"]
+    lr = base_lr * 0.5 * (1 + math.cos(math.pi * STEPS / (3 * STEPS)))  # cosine, iteration 10
     assert f"lr {lr:.4g}" in err[0]
     assert "last checkpoint (epoch 1)" in err[0]
     assert snapshot(out) == after_epoch_1  # untouched: no state, weights or metrics of epoch 2
@@ -425,9 +428,10 @@ def test_bad_config_files(tmp_path: Path, capsys) -> None:
 
 
 def test_a_finished_run_is_never_overwritten_by_mistake(
-    finished: tuple[Path, str], data_root: Path, capsys
+    finished: tuple[Path, str], data_root: Path, tmp_path: Path, capsys
 ) -> None:
-    run, _ = finished
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)  # the shared run stays safe if this test fails
     before = snapshot(run)
     assert main(args(data_root, run)) == 2
     assert "already holds a finished run" in capsys.readouterr().err
