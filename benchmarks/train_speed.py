@@ -170,8 +170,9 @@ class Ours:
         start = time.perf_counter()
         quiet = lambda *a, **k: None  # noqa: E731
         stats = train_one_epoch(
-            self.net, self.loader, self.step, 0, 1, 0, steps, self.cfg.print_freq, quiet
-        )
+            self.net, self.loader, self.step, epoch=0, epochs=1, start=0, total=steps,
+            print_freq=self.cfg.print_freq, log=quiet,
+        )  # fmt: skip
         return stats["images"] / (time.perf_counter() - start)
 
 

@@ -37,7 +37,7 @@ from resnetlab.cli import main
 from resnetlab.errors import UserError
 from resnetlab.training.config import TrainConfig
 from resnetlab.training.distributed import World, world_from_env
-from resnetlab.training.train import resplit_batch
+from resnetlab.training.engine import resplit_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -181,7 +181,7 @@ def _rank_main(rank: int, port: int, argvs: list[list[str]], logs: str, data_roo
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    import resnetlab.training.train as train_mod
+    import resnetlab.training.engine as train_mod
     from resnetlab.data import build_loaders
     from resnetlab.training.evaluate import evaluate
 
@@ -328,7 +328,7 @@ def test_torchrun_resumes_a_single_process_run_with_the_same_global_batch(
     request: pytest.FixtureRequest,
 ) -> None:
     """`torchrun -m resnetlab train --resume` over 2 processes continues a run of 1 x 32."""
-    import resnetlab.training.train as train_mod
+    import resnetlab.training.engine as train_mod
 
     reference = request.getfixturevalue("reference_ema" if ema else "reference")
     run = tmp_path / "run"

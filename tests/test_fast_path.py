@@ -32,16 +32,12 @@ from torch import nn
 from resnetlab.cli import main
 from resnetlab.data import DATASETS
 from resnetlab.data.in_memory import InMemoryLoader
+from resnetlab.device import native_bf16, resolve_channels_last, resolve_precision
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
-from resnetlab.training.fast_path import (
-    native_bf16,
-    resolve_channels_last,
-    resolve_precision,
-)
+from resnetlab.training.engine import TrainStep, train_one_epoch
 from resnetlab.training.optim import build_optimizer
 from resnetlab.training.schedule import LrSchedule, build_scheduler
-from resnetlab.training.train import train_one_epoch
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -104,24 +100,18 @@ def fast(
         assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     optimizer = build_optimizer(model, "sgd", LR, MOMENTUM, False, WD, False)
     schedule = LrSchedule("paper", total=1000, steps_per_epoch=len(batches))  # lr stays LR
-    stats = train_one_epoch(
-        model,
-        batches,
-        optimizer,
-        build_scheduler(optimizer, schedule),
-        torch.amp.GradScaler("cuda", enabled=False),
-        nn.CrossEntropyLoss(),
-        epoch=0,
-        epochs=1,
-        start=0,
-        total=steps,
+    step = TrainStep(
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, schedule),
+        scaler=torch.amp.GradScaler("cuda", enabled=False),
+        criterion=nn.CrossEntropyLoss(),
         precision=precision,
-        print_freq=50,
-        log=lambda *a, **k: None,
-        last_good=0,
-        out_dir=tmp,
     )
-    assert stats["steps"] == steps
+    quiet = lambda *a, **k: None  # noqa: E731
+    stats = train_one_epoch(
+        model, batches, step, epoch=0, epochs=1, start=0, total=steps, print_freq=50, log=quiet
+    )
+    assert stats["iteration"] == steps
     if channels_last:
         assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     return dict(model.named_parameters()), stats["loss"]

@@ -222,7 +222,7 @@ def test_iterations_decide_the_length_and_the_paper_schedule_scales(tmp_path: Pa
 
 def paper_lr_curve(model: str, **given: object) -> dict[int, float]:
     """The lr at chosen iterations of the schedule a run of ``model`` on CIFAR-10 builds
-    from its resolved config (as `train` does: resnetlab/training/train.py)."""
+    from its resolved config (as `train` does: resnetlab/training/config.py)."""
     cfg = fill_recipe(merge({}, {"model": model, "dataset": "cifar10", **given}), "cifar")
     s = LrSchedule(cfg.schedule, total=cfg.iterations, steps_per_epoch=352,
                    warmup=cfg.warmup_iterations or 0, warmup_method=cfg.warmup_method,
@@ -328,19 +328,19 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_checkpoint(
     data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     """After epoch 1 is committed, poison a weight: the first step of epoch 2 gives NaN."""
-    import resnetlab.training.train as train_mod
+    from resnetlab.training.run_folder import RunFolder
 
     out = tmp_path / "run"
-    real_commit = train_mod.commit_epoch
+    real_commit = RunFolder.commit_epoch
     after_epoch_1 = {}
 
-    def commit_then_poison(out_dir, model, *rest, **options):  # noqa: ANN001, ANN003
-        real_commit(out_dir, model, *rest, **options)
-        after_epoch_1.update(snapshot(out_dir))
+    def commit_then_poison(folder, state, model, *rest):  # noqa: ANN001
+        real_commit(folder, state, model, *rest)
+        after_epoch_1.update(snapshot(folder.path))
         with torch.no_grad():
             model.fc.bias.fill_(float("nan"))
 
-    monkeypatch.setattr(train_mod, "commit_epoch", commit_then_poison)
+    monkeypatch.setattr(RunFolder, "commit_epoch", commit_then_poison)
     assert main(args(data_root, out)) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0]

@@ -93,10 +93,7 @@ def train(
     world = world or World()
     log = print if world.is_main else _quiet
     folder = RunFolder(out_dir, writer=world.is_main)
-    folder.lock()
     try:
-        if world.is_main and not resume:  # again, now that no other process can start here
-            check_output_dir(out_dir, overwrite)
         return _train(cfg, folder, state, world, log, overwrite, resume)
     finally:
         folder.unlock()
@@ -147,6 +144,9 @@ def _train(
         (bundle.val, "val") if bundle.val is not None else (bundle.test, "test")
     )
 
+    folder.lock()  # before the first write: bad input (above) leaves no trace
+    if world.is_main and not resume:  # again, now that no other process can start here
+        check_output_dir(folder.path, overwrite)
     run = RunState()
     if resume:
         folder.remove_temporaries()
@@ -188,8 +188,8 @@ def _train(
         step.image_size = train_image_size(epoch, cfg.epochs, cfg.image_size, cfg.min_res, ramp)
         try:
             stats = train_one_epoch(
-                train_net, bundle.train, step, epoch, cfg.epochs, run.iteration, total,
-                cfg.print_freq, log,
+                train_net, bundle.train, step, epoch=epoch, epochs=cfg.epochs,
+                start=run.iteration, total=total, print_freq=cfg.print_freq, log=log,
             )  # fmt: skip
         except TrainingDiverged as e:
             kept = (
@@ -246,6 +246,7 @@ def train_one_epoch(
     model: nn.Module,
     loader: Any,
     step: TrainStep,
+    *,
     epoch: int,
     epochs: int,
     start: int,

@@ -30,13 +30,7 @@ from resnetlab.training.config import LEGACY, RESUME_OVERRIDES, TrainConfig, val
 from resnetlab.training.curves import plot_curves
 from resnetlab.version import __version__
 
-CONFIG, METRICS, SUMMARY, CURVES, LOCK = (
-    "config.json",
-    "metrics.csv",
-    "summary.json",
-    "curves.png",
-    ".lock",
-)
+CONFIG, METRICS, SUMMARY, CURVES = ("config.json", "metrics.csv", "summary.json", "curves.png")
 # What a run writes; --overwrite removes exactly these (and the eval pictures) first.
 RUN_FILES = (CONFIG, METRICS, SUMMARY, CURVES, ckpt.STATE_FILE, ckpt.LAST_WEIGHTS)
 RUN_FILES += (ckpt.BEST_WEIGHTS,)
@@ -111,18 +105,22 @@ class RunFolder:
         self._lock: int | None = None
 
     def lock(self) -> None:
-        """Refuse a second process on the same folder; the OS drops the lock at any exit."""
+        """Refuse a second process on the same folder; the OS drops the lock at any exit.
+
+        The lock is on the folder itself (flock), so no lock file is left behind.
+        """
         if not self.writer:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as e:
+            raise WriteError(f"cannot create {self.path}: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise UserError(
-                f"{self.path} is in use by another resnetlab train (its lock file {LOCK} is held)"
-            ) from None
+            raise UserError(f"{self.path} is in use by another resnetlab train") from None
         self._lock = fd
 
     def unlock(self) -> None:
