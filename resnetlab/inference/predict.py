@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from resnetlab.errors import UserError
+from resnetlab.inference import first_line
 from resnetlab.inference.fast import optimize_for_inference
 
 # torchvision is imported inside the functions that use it: it takes over a second, and
@@ -81,7 +82,7 @@ def read_image(path: str | os.PathLike, channels: int) -> Tensor:
             im = ImageOps.exif_transpose(im).convert(_PIL_MODES[channels])
             return TF.pil_to_tensor(im)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: not a readable image ({_first_line(e)})") from None
+        raise UserError(f"{path}: not a readable image ({first_line(e)})") from None
 
 
 def find_images(inputs: Iterable[str | os.PathLike]) -> Iterator[Path]:
@@ -117,8 +118,7 @@ def iter_predictions(
 ) -> Iterator[Prediction]:
     """Predictions as each batch finishes, in input order, so a big folder streams.
 
-    ``precision`` "auto" is bf16 where the hardware computes it natively (probabilities to
-    about 3 significant digits, resnetlab.inference.fast), else fp32; "fp32" is exact.
+    ``precision="auto"`` is bf16 where it is native (`optimize_for_inference`), else fp32.
     """
     if topk < 1:
         raise UserError(f"--topk must be at least 1, got {topk}")
@@ -128,7 +128,6 @@ def iter_predictions(
     prepare = preprocess_fn(meta)
     channels = int(meta["input_size"][0])
     classes = list(meta.get("classes") or [])
-    # BatchNorm folded, channels_last, and with "auto" bf16 where native (docs/performance.md).
     model = optimize_for_inference(model, precision=precision)
 
     def sources() -> Iterator[tuple[str, Tensor | Path]]:
@@ -203,19 +202,7 @@ def predict(
         model, meta = load_checkpoint(checkpoint, map_location=device)
     if isinstance(images, (str, os.PathLike, Tensor)):
         images = [images]
-    return list(
-        iter_predictions(
-            model,
-            meta,
-            images,
-            topk=topk,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-        )
+    predictions = iter_predictions(
+        model, meta, images, topk=topk, batch_size=batch_size, device=device, precision=precision
     )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    return list(predictions)
