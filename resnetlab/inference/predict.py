@@ -138,6 +138,20 @@ def iter_predictions(
                 yield from ((str(path), path) for path in find_images([image]))
 
     batch: list[tuple[Prediction, Tensor]] = []
+
+    def flush() -> Iterator[Prediction]:
+        if not batch:
+            return
+        x = torch.stack([t for _, t in batch]).to(device)
+        with torch.inference_mode():
+            probs = torch.softmax(model(x).float(), dim=1)
+        values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
+        for (pred, _), vals, idxs in zip(batch, values.tolist(), indices.tolist(), strict=True):
+            names = [classes[i] if i < len(classes) else str(i) for i in idxs]
+            pred.topk = list(zip(idxs, names, vals, strict=True))
+            yield pred
+        batch.clear()
+
     for name, source in sources():
         try:
             image = read_image(source, channels) if isinstance(source, Path) else source
@@ -145,37 +159,13 @@ def iter_predictions(
                 raise UserError(f"{name}: expected a uint8 [{channels}, H, W] tensor")
             x = prepare(image)
         except UserError as e:
-            # Flush first, so results keep their input order around the failed image.
-            yield from _run(model, batch, device, topk, classes)
-            batch = []
+            yield from flush()  # first, so results keep their input order around the failed image
             yield Prediction(name, error=str(e))
             continue
         batch.append((Prediction(name), x))
         if len(batch) == batch_size:
-            yield from _run(model, batch, device, topk, classes)
-            batch = []
-    yield from _run(model, batch, device, topk, classes)
-
-
-def _run(
-    model: nn.Module,
-    batch: list[tuple[Prediction, Tensor]],
-    device: torch.device,
-    topk: int,
-    classes: list[str],
-) -> Iterator[Prediction]:
-    if not batch:
-        return
-    x = torch.stack([t for _, t in batch]).to(device)
-    with torch.inference_mode():
-        probs = torch.softmax(model(x).float(), dim=1)
-    values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
-    for (pred, _), vals, idxs in zip(batch, values.tolist(), indices.tolist(), strict=True):
-        pred.topk = [
-            (i, classes[i] if i < len(classes) else str(i), p)
-            for i, p in zip(idxs, vals, strict=True)
-        ]
-        yield pred
+            yield from flush()
+    yield from flush()
 
 
 def predict(
