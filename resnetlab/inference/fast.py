@@ -3,8 +3,8 @@
 In eval mode ``bn(conv(x))`` is one affine map per channel, so the BN folds into the conv's
 weights and bias (`fuse_conv_bn_eval`): one pass over memory less per layer. channels_last is
 oneDNN's native layout, so no reorder happens around each conv. bf16 halves the memory traffic
-but is emulated (slower than fp32) without AVX-512 BF16, AMX or Ampere, so ``precision="auto"``
-uses it only where it is native.
+but is emulated, slower than fp32, without AVX-512 BF16 or AMX (CPU) or Ampere and later (CUDA),
+so ``precision="auto"`` uses it only where it is native.
 
 Which BNs fold is found from the data flow (a `torch.fx` trace), not from names: a BN folds
 only when it reads a conv's output that nothing else reads. So the pre-activation networks'

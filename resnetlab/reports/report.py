@@ -147,10 +147,8 @@ def evaluated(metrics: list[dict]) -> list[dict]:
 
 
 def tested_for_the_record(run: RunResult) -> bool:
-    """Runs with no validation split show the test set as they go, choosing nothing on it.
-
-    Every epoch, or every ``--eval-every`` epochs and the last.
-    """
+    """Runs with no validation split show the test set as they go, choosing nothing on it
+    (every epoch, or every ``--eval-every`` epochs and the last)."""
     return (
         bool(run.metrics)
         and all(m.get("eval_split") in ("test", "") for m in run.metrics)
