@@ -19,8 +19,8 @@ from resnetlab.models import get_model_entry
 from resnetlab.reports.experiment import Experiment
 from resnetlab.training.config import model_depth
 
-# pyplot up here costs nothing: resnetlab.training loads it anyway and `import resnetlab` never
-# imports this module. Agg: the pictures go to files, no display is needed.
+# pyplot at the top, not in the functions: `import resnetlab` never imports this module, so a
+# lazy import would keep nothing fast. Agg: the pictures go to files, no display is needed.
 matplotlib.use("Agg")
 
 
