@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from resnetlab.errors import UserError
+from resnetlab.inference import first_line
 from resnetlab.io import atomic_write
 
 TOLERANCE = 1e-4  # max |onnxruntime - PyTorch|, relative to the logits' scale when above 1
@@ -59,7 +60,7 @@ def export_onnx(
                 verbose=False,
             )
         except Exception as e:  # the exporter raises many kinds; a bad --opset is one
-            raise UserError(f"torch.onnx could not export {meta['model']}: {_first_line(e)}") from e
+            raise UserError(f"torch.onnx could not export {meta['model']}: {first_line(e)}") from e
     program.model.metadata_props["resnetlab"] = json.dumps(meta)
     checks = [torch.randn(3, channels, height, width, generator=gen), example[:1]]
     if check_inputs:
@@ -109,8 +110,3 @@ def default_output(checkpoint: Path, meta: dict, fmt: str) -> Path:
     """Next to the checkpoint: RUN/MODEL.onnx or RUN/MODEL-safetensors/."""
     folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
     return folder / (f"{meta['model']}.onnx" if fmt == "onnx" else f"{meta['model']}-safetensors")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -1,19 +1,14 @@
 """The fast inference path: BatchNorm folded into convolutions, channels_last, bf16 where native.
 
-A trained network in eval mode computes ``bn(conv(x))`` as one affine map per channel
-after the convolution, so the BN can be folded into the conv's weights and a bias
-(`torch.nn.utils.fusion.fuse_conv_bn_eval`): one pass over memory less per layer, same
-result up to float rounding. channels_last is the layout oneDNN's convolutions run in
-natively, so no reorder happens around each conv. bf16 halves the memory traffic and
-doubles the arithmetic rate, but only where the hardware has it (AVX-512 BF16 or AMX on
-CPUs, Ampere or later on CUDA); elsewhere it is emulated and several times slower than
-fp32, so ``precision="auto"`` uses it only where it is native.
+In eval mode ``bn(conv(x))`` is one affine map per channel, so the BN folds into the conv's
+weights and bias (`fuse_conv_bn_eval`): one pass over memory less per layer. channels_last is
+oneDNN's native layout, so no reorder happens around each conv. bf16 halves the memory traffic
+but is emulated, slower than fp32, without AVX-512 BF16 or AMX (CPU) or Ampere and later (CUDA),
+so ``precision="auto"`` uses it only where it is native.
 
-Which BNs fold is found from the data flow (a `torch.fx` trace), not from names: a BN
-folds only when its input is the output of a convolution that nothing else reads. In the
-pre-activation networks a block's first BN reads the sum of the residual branch and the
-shortcut, and ``bn_final`` reads the last sum: those stay BatchNorms (running in eval
-mode), while the BNs that directly follow a conv inside the blocks fold.
+Which BNs fold is found from the data flow (a `torch.fx` trace), not from names: a BN folds
+only when it reads a conv's output that nothing else reads. So the pre-activation networks'
+BNs that read a residual sum (a block's first BN, ``bn_final``) stay BatchNorms.
 
     fast = optimize_for_inference(model)          # an eval-mode copy; model is untouched
     logits = fast(images)                         # float32 logits, under inference_mode
@@ -31,6 +26,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from resnetlab.device import resolve_precision
 from resnetlab.errors import UserError
+from resnetlab.inference import first_line
 
 _CONV_BN = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
 
@@ -44,9 +40,8 @@ def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
     try:
         graph = fx.Tracer().trace(model)
     except Exception as e:  # fx raises many types for data-dependent control flow
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
-            f"cannot trace {type(model).__name__} to find conv-BN pairs ({first}); "
+            f"cannot trace {type(model).__name__} to find conv-BN pairs ({first_line(e)}); "
             "use fold_bn=False"
         ) from None
     modules = dict(model.named_modules())
@@ -103,8 +98,7 @@ class InferenceModel(nn.Module):
         self.dtype = dtype
         self.channels_last = channels_last
         self.folded: list[tuple[str, str]] = []
-        # Inductor with freezing fuses ReLUs and additions into oneDNN's convolutions and
-        # pre-packs their weights; each new input shape compiles again (tens of seconds).
+        # Freezing lets inductor pre-pack the weights and fuse ReLUs and sums into the convs.
         # Kept out of the submodules, so modules() and state_dict() list each layer once.
         compiled = torch.compile(model, options={"freezing": True}) if compile else None
         object.__setattr__(self, "_compiled", compiled)
@@ -117,17 +111,15 @@ class InferenceModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.inference_mode():
-            fmt = torch.channels_last if self.channels_last and x.dim() == 4 else None
-            if fmt is not None:
-                x = x.to(dtype=self.dtype, memory_format=fmt)
-            else:
-                x = x.to(dtype=self.dtype)
+            channels_last = self.channels_last and x.dim() == 4
+            fmt = torch.channels_last if channels_last else torch.preserve_format
+            x = x.to(dtype=self.dtype, memory_format=fmt)
             if self._compiled is not None:
                 try:
                     return self._compiled(x).float()
                 except Exception as e:  # no C++ compiler, an unsupported op, ...
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    warnings.warn(f"torch.compile failed, running eagerly: {first}", stacklevel=2)
+                    warning = f"torch.compile failed, running eagerly: {first_line(e)}"
+                    warnings.warn(warning, stacklevel=2)
                     object.__setattr__(self, "_compiled", None)
             return self.model(x).float()
 
@@ -145,20 +137,15 @@ def optimize_for_inference(
     fold_bn: bool = True,
     compile: bool = False,
 ) -> InferenceModel:
-    """An eval-mode copy of ``model`` with BNs folded, channels_last and bf16 where native.
+    """An eval-mode copy on the model's device, BNs folded; ``model`` itself is left as it was.
 
-    ``model`` itself (training mode, weights, device) is left as it was. The copy stays
-    on the model's device; ``precision="bf16"`` casts its weights (measured faster than
-    autocast, which re-casts every weight on every call). ``compile=True`` adds
-    `torch.compile` (inductor, freezing): faster for a long run of same-shaped batches,
-    but the first call of every new shape compiles for tens of seconds.
+    bf16 casts the weights once (autocast would re-cast every weight on every call).
+    ``compile`` is opt-in because every new input shape compiles again, for tens of seconds.
     """
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     precision = resolve_precision(precision, device)
-    fast = copy.deepcopy(model).eval()
-    for p in fast.parameters():
-        p.requires_grad_(False)
+    fast = copy.deepcopy(model).eval().requires_grad_(False)
     folded = fold_batchnorm(fast) if fold_bn else []
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     fast = fast.to(dtype=dtype)

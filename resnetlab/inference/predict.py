@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from resnetlab.errors import UserError
+from resnetlab.inference import first_line
 from resnetlab.inference.fast import optimize_for_inference
 
 # torchvision is imported inside the functions that use it: it takes over a second, and
@@ -81,7 +82,7 @@ def read_image(path: str | os.PathLike, channels: int) -> Tensor:
             im = ImageOps.exif_transpose(im).convert(_PIL_MODES[channels])
             return TF.pil_to_tensor(im)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: not a readable image ({_first_line(e)})") from None
+        raise UserError(f"{path}: not a readable image ({first_line(e)})") from None
 
 
 def find_images(inputs: Iterable[str | os.PathLike]) -> Iterator[Path]:
@@ -117,8 +118,7 @@ def iter_predictions(
 ) -> Iterator[Prediction]:
     """Predictions as each batch finishes, in input order, so a big folder streams.
 
-    ``precision`` "auto" is bf16 where the hardware computes it natively (probabilities to
-    about 3 significant digits, resnetlab.inference.fast), else fp32; "fp32" is exact.
+    ``precision="auto"`` is bf16 where it is native (`optimize_for_inference`), else fp32.
     """
     if topk < 1:
         raise UserError(f"--topk must be at least 1, got {topk}")
@@ -128,7 +128,6 @@ def iter_predictions(
     prepare = preprocess_fn(meta)
     channels = int(meta["input_size"][0])
     classes = list(meta.get("classes") or [])
-    # BatchNorm folded, channels_last, and with "auto" bf16 where native (docs/performance.md).
     model = optimize_for_inference(model, precision=precision)
 
     def sources() -> Iterator[tuple[str, Tensor | Path]]:
@@ -139,6 +138,20 @@ def iter_predictions(
                 yield from ((str(path), path) for path in find_images([image]))
 
     batch: list[tuple[Prediction, Tensor]] = []
+
+    def flush() -> Iterator[Prediction]:
+        if not batch:
+            return
+        x = torch.stack([t for _, t in batch]).to(device)
+        with torch.inference_mode():
+            probs = torch.softmax(model(x).float(), dim=1)
+        values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
+        for (pred, _), vals, idxs in zip(batch, values.tolist(), indices.tolist(), strict=True):
+            names = [classes[i] if i < len(classes) else str(i) for i in idxs]
+            pred.topk = list(zip(idxs, names, vals, strict=True))
+            yield pred
+        batch.clear()
+
     for name, source in sources():
         try:
             image = read_image(source, channels) if isinstance(source, Path) else source
@@ -146,37 +159,13 @@ def iter_predictions(
                 raise UserError(f"{name}: expected a uint8 [{channels}, H, W] tensor")
             x = prepare(image)
         except UserError as e:
-            # Flush first, so results keep their input order around the failed image.
-            yield from _run(model, batch, device, topk, classes)
-            batch = []
+            yield from flush()  # first, so results keep their input order around the failed image
             yield Prediction(name, error=str(e))
             continue
         batch.append((Prediction(name), x))
         if len(batch) == batch_size:
-            yield from _run(model, batch, device, topk, classes)
-            batch = []
-    yield from _run(model, batch, device, topk, classes)
-
-
-def _run(
-    model: nn.Module,
-    batch: list[tuple[Prediction, Tensor]],
-    device: torch.device,
-    topk: int,
-    classes: list[str],
-) -> Iterator[Prediction]:
-    if not batch:
-        return
-    x = torch.stack([t for _, t in batch]).to(device)
-    with torch.inference_mode():
-        probs = torch.softmax(model(x).float(), dim=1)
-    values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
-    for (pred, _), vals, idxs in zip(batch, values.tolist(), indices.tolist(), strict=True):
-        pred.topk = [
-            (i, classes[i] if i < len(classes) else str(i), p)
-            for i, p in zip(idxs, vals, strict=True)
-        ]
-        yield pred
+            yield from flush()
+    yield from flush()
 
 
 def predict(
@@ -203,19 +192,7 @@ def predict(
         model, meta = load_checkpoint(checkpoint, map_location=device)
     if isinstance(images, (str, os.PathLike, Tensor)):
         images = [images]
-    return list(
-        iter_predictions(
-            model,
-            meta,
-            images,
-            topk=topk,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-        )
+    predictions = iter_predictions(
+        model, meta, images, topk=topk, batch_size=batch_size, device=device, precision=precision
     )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    return list(predictions)

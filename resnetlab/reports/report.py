@@ -10,10 +10,17 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
+
 from resnetlab.errors import UserError
 from resnetlab.io import atomic_write, atomic_write_text
-from resnetlab.models import model_depth
+from resnetlab.models import get_model_entry, model_depth
 from resnetlab.reports.experiment import Experiment
+
+# pyplot at the top, not in the functions: `import resnetlab` never imports this module, so a
+# lazy import would keep nothing fast. Agg: the pictures go to files, no display is needed.
+matplotlib.use("Agg")
 
 
 @dataclass
@@ -41,8 +48,6 @@ class RunResult:
 
 def collect_runs(folder: Path) -> list[RunResult]:
     """Every run folder (one with a config.json) below ``folder``, in name order."""
-    from resnetlab.models import get_model_entry
-
     runs = []
     for cfg_file in sorted(folder.glob("*/config.json")):
         run_dir = cfg_file.parent
@@ -115,25 +120,19 @@ def results_table(runs: list[RunResult], exp: Experiment) -> list[str]:
         hardware = sorted({f"{r.summary.get('device')} ({r.summary.get('device_name')})"
                            for r in done})  # fmt: skip
         pending = len(group) - len(done)
-        rows.append(
-            "| "
-            + " | ".join(
-                [
-                    model,
-                    f"{params:,}" if params else "",
-                    paper_cell(exp, model),
-                    " ".join(
-                        filter(None, [mean_std(errors), f"({pending} unfinished)" * bool(pending)])
-                    ),
-                    mean_std(vals),
-                    "/".join(str(e) for e in epochs),
-                    "/".join(str(n) for n in sorted({r.test_evaluations for r in done})),
-                    f"{statistics.mean(hours):.2f} h" if hours else "",
-                    ", ".join(hardware),
-                ]
-            )
-            + " |"
-        )
+        unfinished = f"({pending} unfinished)" if pending else ""
+        cells = [
+            model,
+            f"{params:,}" if params else "",
+            paper_cell(exp, model),
+            " ".join(filter(None, [mean_std(errors), unfinished])),
+            mean_std(vals),
+            "/".join(str(e) for e in epochs),
+            "/".join(str(n) for n in sorted({r.test_evaluations for r in done})),
+            f"{statistics.mean(hours):.2f} h" if hours else "",
+            ", ".join(hardware),
+        ]
+        rows.append(f"| {' | '.join(cells)} |")
     return rows
 
 
@@ -147,10 +146,8 @@ def evaluated(metrics: list[dict]) -> list[dict]:
 
 
 def tested_for_the_record(run: RunResult) -> bool:
-    """Runs with no validation split show the test set as they go, choosing nothing on it.
-
-    Every epoch, or every ``--eval-every`` epochs and the last.
-    """
+    """Runs with no validation split show the test set as they go, choosing nothing on it
+    (every epoch, or every ``--eval-every`` epochs and the last)."""
     return (
         bool(run.metrics)
         and all(m.get("eval_split") in ("test", "") for m in run.metrics)
@@ -160,11 +157,9 @@ def tested_for_the_record(run: RunResult) -> bool:
 
 
 def reached_at(run: RunResult, accuracy: float) -> tuple[int, float] | None:
-    """The first evaluated epoch whose test accuracy is at least ``accuracy``, and the seconds
-    through it.
+    """The first evaluated epoch at or above ``accuracy``, and the seconds through it.
 
-    For runs `tested_for_the_record`: the epoch is a record, not a choice. The seconds are
-    metrics.csv's (training and the evaluations), so a resumed run counts no pause.
+    The seconds are metrics.csv's (training and evaluations), so a resumed run counts no pause.
     """
     seconds = 0.0
     for m in run.metrics:
@@ -188,12 +183,15 @@ def time_to_paper_table(runs: list[RunResult], exp: Experiment) -> list[str]:
             by_model[r.model].append(hit)
         final = (r.summary.get("test") or {}).get("top1")
         best_of = f" (best of {r.test_evaluations}†)" if hit and r.test_evaluations > 1 else ""
-        rows.append(
-            f"| {r.name} | {accuracy:.2f} | {f'{hit[0]}{best_of}' if hit else 'not reached'} | "
-            f"{f'{hit[1] / 60:.1f}' if hit else ''} | "
-            f"{f'{final:.2f}' if final is not None else ''} | "
-            f"{r.summary.get('wall_time_s', 0) / 60:.1f} |"
-        )
+        cells = [
+            r.name,
+            f"{accuracy:.2f}",
+            f"{hit[0]}{best_of}" if hit else "not reached",
+            f"{hit[1] / 60:.1f}" if hit else "",
+            f"{final:.2f}" if final is not None else "",
+            f"{r.summary.get('wall_time_s', 0) / 60:.1f}",
+        ]
+        rows.append(f"| {' | '.join(cells)} |")
     if not rows:
         return []
     for model, hits in by_model.items():
@@ -237,11 +235,6 @@ def mean_std(values: list[float]) -> str:
 
 def plot_degradation(runs: list[RunResult], path: Path) -> None:
     """Paper Fig. 6: error (%) against iterations; training dashed, held-out solid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     # The paper's axes (0-20%) when every curve ends inside them; short runs need more room.
     final = [100 - m["train_acc"] for r in runs for m in r.metrics[-1:]]
@@ -276,11 +269,6 @@ def plot_all_curves(runs: list[RunResult], path: Path, exp: Experiment | None = 
 
     Where the held-out set is the test set, the paper's test accuracy is drawn across.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     shown = [r for r in runs if r.metrics]
     cols = min(4, len(shown))
     rows = math.ceil(len(shown) / cols)
@@ -288,9 +276,9 @@ def plot_all_curves(runs: list[RunResult], path: Path, exp: Experiment | None = 
     for ax, r in zip(axes.flat, shown, strict=False):
         epochs = [m["epoch"] for m in r.metrics]
         ax.plot(epochs, [m["train_acc"] for m in r.metrics], label="train")
-        shown = evaluated(r.metrics)
-        split = (shown[-1].get("eval_split") if shown else "") or "held-out"
-        ax.plot([m["epoch"] for m in shown], [m["eval_acc"] for m in shown], label=split)
+        looks = evaluated(r.metrics)
+        split = (looks[-1].get("eval_split") if looks else "") or "held-out"
+        ax.plot([m["epoch"] for m in looks], [m["eval_acc"] for m in looks], label=split)
         published = exp.published_error(r.model) if exp else None
         if split == "test" and published is not None:
             ax.axhline(100 - published, color="grey", ls=":", label=f"paper {100 - published:.2f}")

@@ -23,20 +23,14 @@ class LayerRow:
     macs: int | None  # None on repeated calls (the counter sums all calls of a module)
 
 
-def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.device, p.dtype
-    return torch.device("cpu"), torch.float32
-
-
 def _counted_forward(
     model: nn.Module, input_size: tuple[int, ...], batch_size: int
 ) -> FlopCounterMode:
     """One eval-mode, no-grad forward pass under a FlopCounterMode; the model's mode is kept."""
     if len(input_size) != 3 or any(d < 1 for d in input_size):
         raise UserError(f"input size must be 3 positive numbers (C H W), got {tuple(input_size)}")
-    device, dtype = _device_and_dtype(model)
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    device, dtype = (param.device, param.dtype) if param is not None else ("cpu", torch.float32)
     x = torch.zeros(batch_size, *input_size, device=device, dtype=dtype)
     counter = FlopCounterMode(display=False)
     was_training = model.training
@@ -87,10 +81,8 @@ def layer_rows(
         if isinstance(output, torch.Tensor):
             row.output_shape = tuple(output.shape)
 
-    handles = []
-    for module in model.modules():
-        handles.append(module.register_forward_pre_hook(before))
-        handles.append(module.register_forward_hook(after))
+    handles = [m.register_forward_pre_hook(before) for m in model.modules()]
+    handles += [m.register_forward_hook(after) for m in model.modules()]
     try:
         counter = _counted_forward(model, tuple(input_size), batch_size)
     finally:
