@@ -1,5 +1,5 @@
 # `make train` and `make test` each create or refresh the virtualenv on first use.
-# Extra arguments: make train ARGS="--epochs-scale 0.1"; make test ARGS="-k models".
+# Extra arguments: make train ARGS="--epochs 20"; make test ARGS="-k models".
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
