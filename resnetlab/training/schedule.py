@@ -17,7 +17,9 @@ from torch.optim.lr_scheduler import LambdaLR
 # The paper divides the lr by 10 at 32k and 48k of 64k iterations.
 PAPER_MILESTONES = (0.5, 0.75)
 # One-cycle (Smith & Topin 2018, torch's OneCycleLR defaults): start at lr / 25, peak
-# at 30% of the run, end at lr / 25 / 1e4, cosine in between.
+# at 30% of the run, end at lr / 25 / 1e4, cosine in between. Not OneCycleLR itself: it ends
+# its phases one step earlier (so the recorded fast-recipe runs would not replay) and cannot
+# be one factor of a LambdaLR like the other schedules.
 ONECYCLE_PCT_START = 0.3
 ONECYCLE_DIV = 25.0
 ONECYCLE_FINAL_DIV = 1e4
