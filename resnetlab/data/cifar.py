@@ -1,8 +1,6 @@
-"""CIFAR-10 and CIFAR-100 from the official python pickles, read without trusting them.
-
-`safe_pickle` builds arrays and containers only; an MD5 other than torchvision's only
-warns (re-encoded copies differ in ``filenames``), and every file's structure is checked.
-"""
+"""CIFAR-10 and CIFAR-100 from the official python pickles, read with `safe_pickle` and every
+file's structure checked; an MD5 other than torchvision's only warns (re-encoded copies differ in
+``filenames``)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""The fast loader: a whole small dataset as one uint8 tensor on the training device.
-
-Each batch is one `index_select`, one `gather` doing every crop, padding and flip, and one
-normalisation: no per-image Python. Everything random is a function of (seed, epoch, sample
-index), so a resumed or re-sharded run sees exactly the same data.
-"""
+"""The fast loader: a small dataset as one uint8 tensor on the device, each batch one `gather`
+doing every crop, padding and flip (no per-image Python); everything random is a function of
+(seed, epoch, sample index), so a resumed or re-sharded run sees exactly the same data."""
 
 from __future__ import annotations
 
@@ -31,12 +28,10 @@ class AugmentParams:
 
 
 class InMemoryLoader(EpochShards):
-    """Batches ``(x, y)`` of a uint8 ``[N, C, H, W]`` dataset, augmented on the device.
+    """Batches ``(x, y)`` of a uint8 ``[N, C, H, W]`` dataset, augmented on the device if ``train``.
 
-    ``train=True`` shuffles per epoch, shards over ranks and augments; ``train=False`` keeps
-    the order. ``crop-flip`` is the paper's (crop of the image zero-padded by ``padding``
-    pixels, as torchvision's ``RandomCrop(32, padding=4)``, then a flip with p=1/2);
-    ``cutout`` then sets a ``cutout_size`` square to the mean (DeVries and Taylor 2017).
+    ``crop-flip`` is the paper's (torchvision's ``RandomCrop(32, padding=4)``, then a flip with
+    p=1/2); ``cutout`` then sets a ``cutout_size`` square to the mean (DeVries and Taylor 2017).
     """
 
     def __init__(
@@ -110,11 +105,8 @@ class InMemoryLoader(EpochShards):
         return self._pixels[:, :, : h * w].unflatten(2, (h, w))
 
     def augment_params(self, epoch: int | None = None) -> AugmentParams:
-        """The crop offsets, flips and cutout centres of every sample in ``epoch``.
-
-        A sample's output is ``padded[:, dy : dy + H, dx : dx + W]``, mirrored if
-        ``flip``, where ``padded`` is the image with ``padding`` zero pixels per side.
-        """
+        """Every sample's crop offsets, flip and cutout centre in ``epoch``: its output is
+        ``padded[:, dy : dy + H, dx : dx + W]`` (``padding`` zeros a side), mirrored if flip."""
         epoch = self.epoch if epoch is None else epoch
         n = self.dataset_size
         _, h, w = self.image_shape

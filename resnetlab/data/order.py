@@ -1,8 +1,5 @@
-"""Which samples a rank sees, in which order: a pure function of (seed, epoch, rank).
-
-So a run resumes and reproduces exactly, and ranks share an epoch without talking to each
-other (as DistributedSampler, without its duplicated padding samples).
-"""
+"""Which samples a rank sees, in which order: a pure function of (seed, epoch, rank), so a run
+resumes exactly and ranks share an epoch without talking (as DistributedSampler, unpadded)."""
 
 from __future__ import annotations
 
