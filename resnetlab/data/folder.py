@@ -61,18 +61,15 @@ class ClassFolder(ImageFolder):
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         """The imposed list if any (refusing folders outside it), else the sub-folders."""
         found = sorted(e.name for e in os.scandir(directory) if e.is_dir())
-        if self._fixed is None:
-            if not found:
-                raise UserError(f"{directory}: no class folders (expected {directory}/<class>/*)")
-            classes = found
-        else:
-            extra = sorted(set(found) - set(self._fixed))
-            if extra:
-                raise UserError(
-                    f"{directory}: class folder(s) {', '.join(extra[:5])} are not among the "
-                    f"{len(self._fixed)} classes of the training set"
-                )
-            classes = self._fixed
+        if self._fixed is None and not found:
+            raise UserError(f"{directory}: no class folders (expected {directory}/<class>/*)")
+        classes = found if self._fixed is None else self._fixed
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise UserError(
+                f"{directory}: class folder(s) {', '.join(extra[:5])} are not among the "
+                f"{len(classes)} classes of the training set"
+            )
         return classes, {c: i for i, c in enumerate(classes)}
 
     def __getitem__(self, index: int) -> Any:
@@ -251,12 +248,8 @@ def build_folder_loaders(
     if resize_size < image_size:
         raise UserError(f"resize-size {resize_size} is smaller than image-size {image_size}")
     train_dir, val_dir, test_dir = folder_layout(Path(root))
-    train_set = ClassFolder(
-        train_dir,
-        classes,
-        train_transform(augment, image_size, resize_size),
-        allow_empty=classes is not None,
-    )
+    augmenting = train_transform(augment, image_size, resize_size)
+    train_set = ClassFolder(train_dir, classes, augmenting, allow_empty=classes is not None)
     class_list = list(train_set.classes)
     ev = eval_transform(image_size, resize_size)
     common = dict(seed=seed, workers=workers, skip_bad_images=skip_bad_images, **placement)
