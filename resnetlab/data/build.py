@@ -102,7 +102,6 @@ def build_loaders(
         **common,
     )
     test = InMemoryLoader(test_images, test_labels, **evaluation)
-    h, w = info.image_size
     return DataBundle(
         train=train,
         val=val,
@@ -112,6 +111,6 @@ def build_loaders(
         classes=load_classes(info.name, root),
         mean=info.mean,
         std=info.std,
-        input_size=(info.in_channels, h, w),
+        input_size=(info.in_channels, *info.image_size),
         resize_size=None,
     )
