@@ -81,9 +81,8 @@ class InMemoryLoader(EpochShards):
         self.device = torch.device(device)
         # One zero pixel after each channel plane: the crop's padding reads it, so
         # batches need no padded copy and the dataset stays ~N*C*H*W bytes.
-        pixels = torch.zeros((n, c, h * w + 1), dtype=torch.uint8, device=self.device)
-        pixels[:, :, : h * w] = images.reshape(n, c, h * w)
-        self._pixels = pixels
+        self._pixels = torch.zeros((n, c, h * w + 1), dtype=torch.uint8, device=self.device)
+        self._pixels[:, :, : h * w] = images.reshape(n, c, h * w)
         self.image_shape = (c, h, w)
         self.labels = labels.to(self.device, torch.int64)
         self.augment = augment if train else "none"
