@@ -1,8 +1,5 @@
-"""Datasets and input pipelines: the first stage of data -> models -> training -> reports.
-
-`build_loaders` is the entry point; `load_arrays` gives the raw uint8 tensors of
-the built-in datasets; `DATASETS` describes them without reading any file.
-"""
+"""Datasets and input pipelines, the first stage of data -> models -> training -> reports:
+`build_loaders`, `load_arrays` (raw uint8 tensors) and `DATASETS` (known without a file read)."""
 
 from resnetlab.data.arrays import load_arrays
 from resnetlab.data.build import build_loaders

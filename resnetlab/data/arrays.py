@@ -9,7 +9,7 @@ import torch
 
 from resnetlab.data.cifar import cifar_classes, load_cifar
 from resnetlab.data.info import get_info
-from resnetlab.data.mnist import load_mnist, mnist_classes
+from resnetlab.data.mnist import TV_CLASSES, load_mnist
 from resnetlab.data.root import resolve_root
 
 
@@ -31,4 +31,4 @@ def load_classes(name: str, root: str | os.PathLike | None = None) -> list[str]:
     info = get_info(name)
     if info.name.startswith("cifar"):
         return cifar_classes(info.name, Path(resolve_root(root)))
-    return mnist_classes(info.name)
+    return list(TV_CLASSES[info.name].classes)  # torchvision's, so predictions read the same

@@ -1,7 +1,5 @@
-"""`build_loaders`: one call from a dataset name to train/val/test loaders.
-
-The built-in datasets go through the fast in-memory loader; image folders go
-through torchvision's ImageFolder and DataLoader. Both give the same `Loader`
+"""`build_loaders`: one call from a dataset name to train/val/test loaders, in memory for the
+built-in datasets, through torchvision's ImageFolder for folders; both give the same `Loader`
 protocol, so the training loop never knows which it has.
 """
 
@@ -45,13 +43,9 @@ def build_loaders(
     skip_bad_images: bool = False,
     classes: Sequence[str] | None = None,
 ) -> DataBundle:
-    """Loaders for a DATASETS name (in memory, on ``device``) or ``"folder"``.
-
-    ``val_split`` images are held out of the training set (deterministically by
-    ``seed``) and evaluated without augmentation. ``classes`` fixes a folder
-    dataset's class list (e.g. the one stored with a model); by default it is the
-    sorted sub-folders of the training folder.
-    """
+    """Loaders for a DATASETS name (in memory, on ``device``) or ``"folder"``; ``val_split``
+    images are held out of training by ``seed``. ``classes`` fixes a folder dataset's class list
+    (e.g. the model's) instead of the training folder's sorted sub-folders."""
     eval_batch_size = 2 * batch_size if eval_batch_size is None else eval_batch_size
     check_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, world_size=world_size)
     if val_split < 0:
@@ -93,11 +87,10 @@ def build_loaders(
     test_images, test_labels = load_arrays(info.name, root, train=False, download=download)
     val = None
     common = dict(mean=info.mean, std=info.std, **placement)
+    evaluation = dict(batch_size=eval_batch_size, train=False, **common)
     if val_split:
         train_idx, val_idx = holdout_split(len(images), val_split, seed)
-        val = InMemoryLoader(
-            images[val_idx], labels[val_idx], batch_size=eval_batch_size, train=False, **common
-        )
+        val = InMemoryLoader(images[val_idx], labels[val_idx], **evaluation)
         images, labels = images[train_idx], labels[train_idx]
     train = InMemoryLoader(
         images,
@@ -108,10 +101,7 @@ def build_loaders(
         drop_last=drop_last,
         **common,
     )
-    test = InMemoryLoader(
-        test_images, test_labels, batch_size=eval_batch_size, train=False, **common
-    )
-    h, w = info.image_size
+    test = InMemoryLoader(test_images, test_labels, **evaluation)
     return DataBundle(
         train=train,
         val=val,
@@ -121,6 +111,6 @@ def build_loaders(
         classes=load_classes(info.name, root),
         mean=info.mean,
         std=info.std,
-        input_size=(info.in_channels, h, w),
+        input_size=(info.in_channels, *info.image_size),
         resize_size=None,
     )

@@ -1,8 +1,6 @@
-"""CIFAR-10 and CIFAR-100 from the official python pickles, read without trusting them.
-
-`safe_pickle` builds arrays and containers only; an MD5 other than torchvision's only
-warns (re-encoded copies differ in ``filenames``), and every file's structure is checked.
-"""
+"""CIFAR-10 and CIFAR-100 from the official python pickles, read with `safe_pickle` and every
+file's structure checked; an MD5 other than torchvision's only warns (re-encoded copies differ in
+``filenames``)."""
 
 from __future__ import annotations
 
@@ -31,18 +29,15 @@ class ChecksumWarning(DataWarning):
     """A file differs from the official release; its structure was checked instead."""
 
 
-def _read(path: Path) -> bytes:
+def _read_dict(path: Path) -> tuple[bytes, dict]:
     try:
-        return path.read_bytes()
+        raw = path.read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
-
-
-def _load_dict(raw: bytes, path: Path) -> dict:
     entry = safe_load(raw, str(path))
     if not isinstance(entry, dict):
         raise UserError(f"{path}: expected a dict, found {type(entry).__name__}")
-    return entry
+    return raw, entry
 
 
 def read_batch(
@@ -50,9 +45,8 @@ def read_batch(
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """One pickle file -> (uint8 ``[n, 3, 32, 32]``, int64 ``[n]``, MD5 matched), validated."""
     info = DATASETS[name]
-    raw = _read(path)
+    raw, entry = _read_dict(path)
     md5_ok = md5 is None or hashlib.md5(raw, usedforsecurity=False).hexdigest() == md5
-    entry = _load_dict(raw, path)
     label_key = "labels" if name == "cifar10" else "fine_labels"
     for key in ("data", label_key):
         if key not in entry:
@@ -119,7 +113,7 @@ def cifar_classes(name: str, root: Path) -> list[str]:
     path = base_folder(name, root) / meta["filename"]
     if not path.is_file():
         raise missing_error(name, [path])
-    names = _load_dict(_read(path), path).get(meta["key"])
+    names = _read_dict(path)[1].get(meta["key"])
     n = DATASETS[name].num_classes
     if not isinstance(names, list) or len(names) != n or not all(isinstance(c, str) for c in names):
         raise UserError(f"{path}: {meta['key']!r} is not a list of {n} class names")

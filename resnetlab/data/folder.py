@@ -1,9 +1,9 @@
 """Image folders (``root/{train,val,test}/<class>/*`` or ``root/<class>/*``) through
 torchvision's ImageFolder, transforms.v2 and a DataLoader, as its reference scripts read ImageNet.
 
-Classes come from the training folder (or the model), never from the evaluation folders, so
-a validation folder lacking a class keeps every index. Random transforms are seeded per
-sample from (seed, epoch, index), so augmentation does not depend on the number of workers.
+Classes come from the training folder (or the model), so a validation folder lacking a class
+keeps every index; random transforms are seeded per sample from (seed, epoch, index), so
+augmentation does not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -61,18 +61,15 @@ class ClassFolder(ImageFolder):
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         """The imposed list if any (refusing folders outside it), else the sub-folders."""
         found = sorted(e.name for e in os.scandir(directory) if e.is_dir())
-        if self._fixed is None:
-            if not found:
-                raise UserError(f"{directory}: no class folders (expected {directory}/<class>/*)")
-            classes = found
-        else:
-            extra = sorted(set(found) - set(self._fixed))
-            if extra:
-                raise UserError(
-                    f"{directory}: class folder(s) {', '.join(extra[:5])} are not among the "
-                    f"{len(self._fixed)} classes of the training set"
-                )
-            classes = self._fixed
+        if self._fixed is None and not found:
+            raise UserError(f"{directory}: no class folders (expected {directory}/<class>/*)")
+        classes = found if self._fixed is None else self._fixed
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise UserError(
+                f"{directory}: class folder(s) {', '.join(extra[:5])} are not among the "
+                f"{len(classes)} classes of the training set"
+            )
         return classes, {c: i for i, c in enumerate(classes)}
 
     def __getitem__(self, index: int) -> Any:
@@ -101,44 +98,36 @@ def _collate(items: list[Any]) -> tuple[Tensor | None, Tensor | None, list[BadIm
     return x, y, bad
 
 
+def _compose(geometric: list[Any], *after: Any) -> v2.Compose:
+    """To a tensor, the geometric transforms, to float normalised with ImageNet's statistics."""
+    norm = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(FOLDER_MEAN, FOLDER_STD)]
+    return v2.Compose([v2.ToImage(), *geometric, *norm, *after])
+
+
 def train_transform(augment: str, image_size: int, resize_size: int) -> v2.Compose:
     """RandomResizedCrop + flip, as torchvision's ImageNet reference recipe."""
     if augment == "none":
         return eval_transform(image_size, resize_size)
-    geometric: list[Any]
     if augment == "flip":
-        geometric = [v2.Resize(resize_size), v2.CenterCrop(image_size), v2.RandomHorizontalFlip()]
-    elif augment == "crop":
-        geometric = [v2.RandomResizedCrop(image_size)]
-    else:
-        geometric = [v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip()]
-    tail: list[Any] = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(FOLDER_MEAN, FOLDER_STD)]
+        centre = [v2.Resize(resize_size), v2.CenterCrop(image_size)]
+        return _compose([*centre, v2.RandomHorizontalFlip()])
+    if augment == "crop":
+        return _compose([v2.RandomResizedCrop(image_size)])
+    geometric = [v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip()]
     if augment == "cutout":  # a square of a quarter of the area, set to the mean
-        tail.append(v2.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0))
-    return v2.Compose([v2.ToImage(), *geometric, *tail])
+        erase = v2.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0)
+        return _compose(geometric, erase)
+    return _compose(geometric)
 
 
 def eval_transform(image_size: int, resize_size: int) -> v2.Compose:
     """Resize the short side to ``resize_size``, then centre-crop ``image_size``."""
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(resize_size),
-            v2.CenterCrop(image_size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(FOLDER_MEAN, FOLDER_STD),
-        ]
-    )
+    return _compose([v2.Resize(resize_size), v2.CenterCrop(image_size)])
 
 
 class FolderLoader(EpochShards):
-    """The `Loader` protocol over a ClassFolder: order from (seed, epoch), rank shards.
-
-    A file that cannot be decoded stops iteration with a line naming it, unless
-    ``skip_bad_images``: then it is left out of its batch and listed in `skipped`. A
-    training batch with no readable image at all is dropped, except across processes
-    (``world_size`` > 1), where that would stall the others: there it is an error.
-    """
+    """The `Loader` protocol over a ClassFolder. A file that cannot be decoded stops iteration
+    with a line naming it, or with ``skip_bad_images`` is left out and listed in `skipped`."""
 
     def __init__(
         self,
@@ -259,12 +248,8 @@ def build_folder_loaders(
     if resize_size < image_size:
         raise UserError(f"resize-size {resize_size} is smaller than image-size {image_size}")
     train_dir, val_dir, test_dir = folder_layout(Path(root))
-    train_set = ClassFolder(
-        train_dir,
-        classes,
-        train_transform(augment, image_size, resize_size),
-        allow_empty=classes is not None,
-    )
+    augmenting = train_transform(augment, image_size, resize_size)
+    train_set = ClassFolder(train_dir, classes, augmenting, allow_empty=classes is not None)
     class_list = list(train_set.classes)
     ev = eval_transform(image_size, resize_size)
     common = dict(seed=seed, workers=workers, skip_bad_images=skip_bad_images, **placement)

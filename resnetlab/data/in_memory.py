@@ -1,10 +1,6 @@
-"""The fast loader: a whole small dataset as one uint8 tensor on the training device.
-
-Each batch is one `index_select`, one `gather` doing every image's crop, padding and
-flip at once, and one normalisation: no per-image Python (docs/ has the speed-up).
-Everything random is a function of (seed, epoch, sample index), so a run can be resumed
-or re-sharded and still see exactly the same data.
-"""
+"""The fast loader: a small dataset as one uint8 tensor on the device, each batch one `gather`
+doing every crop, padding and flip (no per-image Python); everything random is a function of
+(seed, epoch, sample index), so a resumed or re-sharded run sees exactly the same data."""
 
 from __future__ import annotations
 
@@ -32,12 +28,10 @@ class AugmentParams:
 
 
 class InMemoryLoader(EpochShards):
-    """Batches ``(x, y)`` of a uint8 ``[N, C, H, W]`` dataset, augmented on the device.
+    """Batches ``(x, y)`` of a uint8 ``[N, C, H, W]`` dataset, augmented on the device if ``train``.
 
-    ``train=True`` shuffles per epoch, shards over ranks and augments; ``train=False`` keeps
-    the order. ``crop-flip`` is the paper's (crop of the image zero-padded by ``padding``
-    pixels, as torchvision's ``RandomCrop(32, padding=4)``, then a flip with p=1/2);
-    ``cutout`` then sets a ``cutout_size`` square to the mean (DeVries and Taylor 2017).
+    ``crop-flip`` is the paper's (torchvision's ``RandomCrop(32, padding=4)``, then a flip with
+    p=1/2); ``cutout`` then sets a ``cutout_size`` square to the mean (DeVries and Taylor 2017).
     """
 
     def __init__(
@@ -87,9 +81,8 @@ class InMemoryLoader(EpochShards):
         self.device = torch.device(device)
         # One zero pixel after each channel plane: the crop's padding reads it, so
         # batches need no padded copy and the dataset stays ~N*C*H*W bytes.
-        pixels = torch.zeros((n, c, h * w + 1), dtype=torch.uint8, device=self.device)
-        pixels[:, :, : h * w] = images.reshape(n, c, h * w)
-        self._pixels = pixels
+        self._pixels = torch.zeros((n, c, h * w + 1), dtype=torch.uint8, device=self.device)
+        self._pixels[:, :, : h * w] = images.reshape(n, c, h * w)
         self.image_shape = (c, h, w)
         self.labels = labels.to(self.device, torch.int64)
         self.augment = augment if train else "none"
@@ -111,11 +104,8 @@ class InMemoryLoader(EpochShards):
         return self._pixels[:, :, : h * w].unflatten(2, (h, w))
 
     def augment_params(self, epoch: int | None = None) -> AugmentParams:
-        """The crop offsets, flips and cutout centres of every sample in ``epoch``.
-
-        A sample's output is ``padded[:, dy : dy + H, dx : dx + W]``, mirrored if
-        ``flip``, where ``padded`` is the image with ``padding`` zero pixels per side.
-        """
+        """Every sample's crop offsets, flip and cutout centre in ``epoch``: its output is
+        ``padded[:, dy : dy + H, dx : dx + W]`` (``padding`` zeros a side), mirrored if flip."""
         epoch = self.epoch if epoch is None else epoch
         n = self.dataset_size
         _, h, w = self.image_shape
@@ -132,10 +122,8 @@ class InMemoryLoader(EpochShards):
         return AugmentParams(dy, dx, flip, cy, cx)
 
     def _window_table(self) -> Tensor:
-        """Flat source index of every output pixel, for each (dy, dx, flip).
-
-        Positions in the padding point at the zero pixel ``H * W``.
-        """
+        """Flat source index of every output pixel for each (dy, dx, flip); positions in the
+        padding point at the zero pixel ``H * W``."""
         _, h, w = self.image_shape
         p = self.padding
         k = 2 * p + 1
@@ -150,6 +138,7 @@ class InMemoryLoader(EpochShards):
         return flat.view(len(dy), h * w).to(self.device)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        c, h, w = self.image_shape
         idx = self.indices().to(self.device)
         combo = cutout = None
         if self.augment != "none":
@@ -158,38 +147,27 @@ class InMemoryLoader(EpochShards):
             combo = ((p.dy * k + p.dx) * 2 + p.flip.long()).to(self.device)
             if p.cutout_y is not None:
                 cutout = (p.cutout_y.to(self.device), p.cutout_x.to(self.device))
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        ar_h = torch.arange(h, device=self.device)
+        ar_w = torch.arange(w, device=self.device)
         for b in range(len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
-            x = self._batch(sel, combo, cutout)
+            bsz = len(sel)
+            src = self._pixels.index_select(0, sel)
+            if combo is None:
+                src = src[:, :, : h * w]
+            else:
+                where = self._table.index_select(0, combo.index_select(0, sel))
+                src = torch.gather(src, 2, where.unsqueeze(1).expand(bsz, c, h * w))
+            out = torch.empty((bsz, c, h, w), device=self.device, memory_format=fmt)
+            out.view(bsz, c, h * w).copy_(src)
+            out.mul_(self._scale).add_(self._shift)
+            if cutout is not None:  # a size-s square centred at (cy, cx), clipped at the edges
+                s = self.cutout_size
+                top = cutout[0][sel][:, None] - s // 2
+                left = cutout[1][sel][:, None] - s // 2
+                in_rows = (ar_h >= top) & (ar_h < top + s)
+                in_cols = (ar_w >= left) & (ar_w < left + s)
+                out.masked_fill_((in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1), 0.0)
+            x = out if self.dtype == torch.float32 else out.to(self.dtype)
             yield x, self.labels.index_select(0, sel)
-
-    def _batch(
-        self, sel: Tensor, combo: Tensor | None, cutout: tuple[Tensor, Tensor] | None
-    ) -> Tensor:
-        c, h, w = self.image_shape
-        bsz = len(sel)
-        src = self._pixels.index_select(0, sel)
-        if combo is None:
-            src = src[:, :, : h * w]
-        else:
-            where = self._table.index_select(0, combo.index_select(0, sel))
-            src = torch.gather(src, 2, where.unsqueeze(1).expand(bsz, c, h * w))
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        out = torch.empty((bsz, c, h, w), device=self.device, memory_format=fmt)
-        out.view(bsz, c, h * w).copy_(src)
-        out.mul_(self._scale).add_(self._shift)
-        if cutout is not None:
-            out.masked_fill_(self._cutout_mask(cutout[0][sel], cutout[1][sel]), 0.0)
-        return out if self.dtype == torch.float32 else out.to(self.dtype)
-
-    def _cutout_mask(self, cy: Tensor, cx: Tensor) -> Tensor:
-        """[B, 1, H, W] mask of a size-s square centred at (cy, cx), clipped at the edges."""
-        _, h, w = self.image_shape
-        s = self.cutout_size
-        ar_h = torch.arange(h, device=cy.device)
-        ar_w = torch.arange(w, device=cy.device)
-        top = cy[:, None] - s // 2
-        left = cx[:, None] - s // 2
-        in_rows = (ar_h >= top) & (ar_h < top + s)
-        in_cols = (ar_w >= left) & (ar_w < left + s)
-        return (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)

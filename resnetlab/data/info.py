@@ -1,9 +1,5 @@
-"""What the trainer must know about each built-in dataset, before reading a byte of it.
-
-Mean and std are the published per-channel statistics of each training set (pixels in
-[0, 1]); the tests recompute them from the real files. Class names come from
-`resnetlab.data.arrays.load_classes` (torchvision's lists, CIFAR's meta files).
-"""
+"""What the trainer must know about each built-in dataset, before reading a byte of it; mean
+and std are the published per-channel statistics of each training set (pixels in [0, 1])."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""MNIST and Fashion-MNIST from their idx files (``<root>/MNIST/raw/*-ubyte``).
-
-Read with numpy in one call, every header field checked (magic ``0x0000080N``, then one
-big-endian int32 per dimension), so a truncated or foreign file is one clear line.
-"""
+"""MNIST and Fashion-MNIST from their idx files (``<root>/MNIST/raw/*-ubyte``), every header
+field checked, so a truncated or foreign file is one clear line."""
 
 from __future__ import annotations
 
@@ -45,16 +42,6 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def raw_folder(name: str, root: Path) -> Path:
-    """``root/MNIST/raw`` or ``root/FashionMNIST/raw``, where torchvision puts the files."""
-    return Path(root) / TV_CLASSES[name].__name__ / "raw"
-
-
-def mnist_classes(name: str) -> list[str]:
-    """torchvision's class names, so predictions read the same as with torchvision."""
-    return list(TV_CLASSES[name].classes)
-
-
 def _find(folder: Path, filename: str) -> Path | None:
     """The file itself or its ``.gz``, as torchvision leaves either."""
     return next((p for p in (folder / filename, folder / f"{filename}.gz") if p.is_file()), None)
@@ -65,7 +52,7 @@ def load_mnist(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 ``[N, 1, 28, 28]`` and labels int64 ``[N]`` of MNIST or Fashion-MNIST."""
     info = DATASETS[name]
-    folder = raw_folder(name, root)
+    folder = Path(root) / TV_CLASSES[name].__name__ / "raw"  # where torchvision puts them
     prefix = "train" if train else "t10k"
     names = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
     paths = [_find(folder, n) for n in names]
@@ -92,6 +79,4 @@ def load_mnist(
             DataWarning,
             stacklevel=2,
         )
-    x = torch.from_numpy(images.copy()).unsqueeze(1)
-    y = torch.from_numpy(labels.astype(np.int64))
-    return x, y
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))

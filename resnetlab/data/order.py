@@ -1,8 +1,5 @@
-"""Which samples a rank sees, in which order: a pure function of (seed, epoch, rank).
-
-So a run resumes and reproduces exactly, and ranks share an epoch without talking to each
-other (as DistributedSampler, without its duplicated padding samples).
-"""
+"""Which samples a rank sees, in which order: a pure function of (seed, epoch, rank), so a run
+resumes exactly and ranks share an epoch without talking (as DistributedSampler, unpadded)."""
 
 from __future__ import annotations
 
@@ -13,11 +10,8 @@ from resnetlab.errors import UserError
 
 
 def seed_of(*key: int) -> int:
-    """A 63-bit seed hashed from a tuple of ints, with no collisions between tuples.
-
-    SeedSequence hashes the whole tuple, so (seed=0, epoch=1) and (seed=1, epoch=0)
-    give unrelated streams, which ``seed + epoch`` would not.
-    """
+    """A 63-bit seed hashed from the whole tuple: (seed=0, epoch=1) and (seed=1, epoch=0)
+    give unrelated streams, which ``seed + epoch`` would not."""
     if any(k < 0 for k in key):
         raise ValueError(f"seed keys must be non-negative, got {key}")
     state = np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0]
@@ -34,29 +28,6 @@ def generator(*key: int) -> torch.Generator:
 ORDER_STREAM = 0
 AUGMENT_STREAM = 1
 SPLIT_STREAM = 2
-
-
-def train_indices(
-    n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
-) -> torch.Tensor:
-    """This rank's shard of epoch ``epoch``'s permutation of ``range(n)``.
-
-    Every rank gets ``n // world_size`` samples, disjoint from the other ranks'; the
-    ``n % world_size`` left over change every epoch, so none is left out for good.
-    """
-    perm = torch.randperm(n, generator=generator(ORDER_STREAM, seed, epoch))
-    per_rank = n // world_size
-    return perm[rank : per_rank * world_size : world_size]
-
-
-def eval_indices(n: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
-    """Samples ``rank, rank + W, ...``: every sample counted once, never padded."""
-    return torch.arange(rank, n, world_size)
-
-
-def num_batches(num_samples: int, batch_size: int, drop_last: bool) -> int:
-    """Batches per epoch: the partial last batch counts unless ``drop_last``."""
-    return num_samples // batch_size if drop_last else -(-num_samples // batch_size)
 
 
 def check_positive(**numbers: int) -> None:
@@ -109,12 +80,16 @@ class EpochShards:
             raise ValueError(f"epoch must not be negative, got {epoch}")
         self.epoch = epoch
 
-    def __len__(self) -> int:
-        return num_batches(self.num_samples, self.batch_size, self.drop_last)
+    def __len__(self) -> int:  # the partial last batch counts unless drop_last
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
 
     def indices(self, epoch: int | None = None) -> torch.Tensor:
-        """Positions (0 .. dataset_size - 1) this rank visits in ``epoch``, in order."""
+        """Positions this rank visits in ``epoch``: its shard of the epoch's permutation (the
+        ``n % world_size`` left over change every epoch), or ``rank, rank + W, ...`` in eval."""
         if not self.train:
-            return eval_indices(self.dataset_size, self.rank, self.world_size)
+            return torch.arange(self.rank, self.dataset_size, self.world_size)
         epoch = self.epoch if epoch is None else epoch
-        return train_indices(self.dataset_size, self.seed, epoch, self.rank, self.world_size)
+        g = generator(ORDER_STREAM, self.seed, epoch)
+        perm = torch.randperm(self.dataset_size, generator=g)
+        return perm[self.rank : self.num_samples * self.world_size : self.world_size]

@@ -1,8 +1,5 @@
-"""Where datasets live: one torchvision-style root shared by every tool.
-
-The same root works with torchvision's own dataset classes, so users can point
-resnetlab at data they already downloaded.
-"""
+"""Where datasets live: one torchvision-style root shared by every tool, so users can point
+resnetlab at data torchvision already downloaded."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """A pickle reader that can only build numpy arrays and plain containers.
 
-The CIFAR python releases are pickles, and `pickle.load` on a tampered file runs
-arbitrary code. This unpickler resolves only the handful of globals a pickled
-numpy array needs, so any other payload is refused before it can run.
+The CIFAR releases are pickles, and `pickle.load` on a tampered file runs arbitrary code; this
+unpickler resolves only the globals a pickled numpy array needs, so any other payload is refused.
 """
 
 from __future__ import annotations
@@ -17,11 +16,7 @@ from resnetlab.errors import UserError
 
 # numpy < 2 pickles name `numpy.core.*`, numpy >= 2 `numpy._core.*`; Python 3 protocol-2
 # pickles of bytes use `_codecs.encode`, protocol 5 arrays `numeric._frombuffer`.
-_ALLOWED: dict[tuple[str, str], Any] = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): __import__("codecs").encode,
-}
+_ALLOWED: dict[tuple[str, str], Any] = {("_codecs", "encode"): __import__("codecs").encode}
 for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
     _ALLOWED[(_mod, "_reconstruct")] = np.ndarray.__reduce__(np.zeros(0))[0]
     _ALLOWED[(_mod, "scalar")] = np.int64(0).__reduce__()[0]
@@ -44,10 +39,8 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_load(data: bytes, source: str) -> Any:
-    """Unpickle ``data`` (Py2 ``str`` read as latin-1, as torchvision does).
-
-    Any failure, refused or malformed, is one line naming ``source``.
-    """
+    """Unpickle ``data`` (Py2 ``str`` read as latin-1, as torchvision does); any failure,
+    refused or malformed, is one line naming ``source``."""
     try:
         return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
     except pickle.UnpicklingError as e:

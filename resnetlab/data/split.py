@@ -1,8 +1,5 @@
-"""A validation set held out of the training set (the paper's 45k/5k CIFAR-10 split).
-
-The split depends only on the seed, so every run with that seed holds out the
-same images and validation numbers are comparable across runs.
-"""
+"""A validation set held out of the training set (the paper's 45k/5k CIFAR-10 split), by the
+seed alone, so validation numbers of runs with the same seed are comparable."""
 
 from __future__ import annotations
 
