@@ -136,6 +136,7 @@ def _plain(depth: int, num_classes: int, in_channels: int, **kwargs) -> CifarRes
 
 _CIFAR = {"family": "cifar", "input_size": (3, 32, 32), "num_classes": 10, "paper": HE2015}
 _PLAIN = {**_CIFAR, "family": "plain"}
+_WIDTHS_X4 = (64, 128, 256, 512)  # the ImageNet stages, for the CIFAR-layout ResNet-18 / 34
 _CIFAR_LAYOUT = {**_CIFAR, "paper": "He et al. 2015, CIFAR variant (3x3 stem, no max-pool)"}
 
 
@@ -179,18 +180,14 @@ def resnet1202(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarRe
 def cifar_resnet18(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
     """ResNet-18 for 32x32 images: 3x3 stem, no max-pool, projection shortcuts (11.2M)."""
     kwargs.setdefault("shortcut", "B")
-    return CifarResNet(
-        BasicBlock, [2, 2, 2, 2], (64, 128, 256, 512), num_classes, in_channels, **kwargs
-    )
+    return CifarResNet(BasicBlock, [2, 2, 2, 2], _WIDTHS_X4, num_classes, in_channels, **kwargs)
 
 
 @register_model(**_CIFAR_LAYOUT)
 def cifar_resnet34(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
     """ResNet-34 for 32x32 images: 3x3 stem, no max-pool, projection shortcuts (21.3M)."""
     kwargs.setdefault("shortcut", "B")
-    return CifarResNet(
-        BasicBlock, [3, 4, 6, 3], (64, 128, 256, 512), num_classes, in_channels, **kwargs
-    )
+    return CifarResNet(BasicBlock, [3, 4, 6, 3], _WIDTHS_X4, num_classes, in_channels, **kwargs)
 
 
 @register_model(**_PLAIN)

@@ -61,8 +61,6 @@ def init_weights(model: nn.Module) -> None:
 
 def zero_init_last_bn(model: nn.Module) -> None:
     """Zero every residual block's last BN, so it starts as the identity (Goyal et al. 2017)."""
-    if any(p.is_meta for p in model.parameters()):
-        return
     for m in model.modules():
         last = getattr(m, "last_bn", None)
         if callable(last) and isinstance(last(), nn.BatchNorm2d):
