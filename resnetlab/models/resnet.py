@@ -192,11 +192,9 @@ class ResNet(nn.Module):
         self._norm_layer = norm_layer or nn.BatchNorm2d
         self.inplanes = 64
         self.dilation = 1
-        replace_stride_with_dilation = replace_stride_with_dilation or [False, False, False]
-        if len(replace_stride_with_dilation) != 3:
-            raise UserError(
-                f"replace_stride_with_dilation needs 3 booleans, got {replace_stride_with_dilation}"
-            )
+        dilate = replace_stride_with_dilation or [False, False, False]
+        if len(dilate) != 3:
+            raise UserError(f"replace_stride_with_dilation needs 3 booleans, got {dilate}")
         self.groups = groups
         self.base_width = width_per_group
 
@@ -205,9 +203,9 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], 2, replace_stride_with_dilation[0])
-        self.layer3 = self._make_layer(block, 256, layers[2], 2, replace_stride_with_dilation[1])
-        self.layer4 = self._make_layer(block, 512, layers[3], 2, replace_stride_with_dilation[2])
+        self.layer2 = self._make_layer(block, 128, layers[1], 2, dilate[0])
+        self.layer3 = self._make_layer(block, 256, layers[2], 2, dilate[1])
+        self.layer4 = self._make_layer(block, 512, layers[3], 2, dilate[2])
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
 
