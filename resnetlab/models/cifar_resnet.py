@@ -1,9 +1,6 @@
-"""CIFAR-10 residual networks and their plain twins (He et al. 2015, section 4.2).
-
-3x3 stem with 16 filters, three stages of n BasicBlocks at 16/32/64 filters on
-32/16/8 maps, global average pool, fully connected: 6n+2 weighted layers.
-The plain twins (paper Fig. 6, the degradation experiment) are the same
-network built with ``shortcut=None``: the same blocks minus the additions.
+"""CIFAR-10 residual networks and their plain twins (He et al. 2015, section 4.2): 6n+2
+layers in three stages of n BasicBlocks. The plain twins (Fig. 6, the degradation experiment)
+are the same network built with ``shortcut=None``: the same blocks minus the additions.
 """
 
 from __future__ import annotations
@@ -29,9 +26,7 @@ SHORTCUTS = ("A", "B")
 
 class ShortcutA(nn.Module):
     """The paper's option A: identity, subsampled by ``stride``, extra channels zero.
-
-    Parameter-free, so a 6n+2 ResNet has exactly the parameters of its plain twin.
-    """
+    Parameter-free, so a 6n+2 ResNet has exactly the parameters of its plain twin."""
 
     def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
         super().__init__()
@@ -49,11 +44,8 @@ class ShortcutA(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """3x3 stem, no max-pool, one stage per entry of ``widths``, average pool, fc.
-
-    ``shortcut``: "A" (parameter-free, the paper's CIFAR choice), "B" (projection
-    where the shape changes) or None (plain network, no shortcuts at all).
-    """
+    """3x3 stem, no max-pool, one stage per entry of ``widths``, average pool, fc. ``shortcut``:
+    "A" (parameter-free, the paper's CIFAR choice), "B" (projections) or None (plain)."""
 
     def __init__(
         self,
@@ -97,18 +89,18 @@ class CifarResNet(nn.Module):
         self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int
     ) -> nn.Sequential:
         layers = []
-        for i in range(blocks):
-            s = stride if i == 0 else 1
-            out_planes = planes * block.expansion
-            changes = s != 1 or self.inplanes != out_planes
+        out_planes = planes * block.expansion
+        for s in [stride] + [1] * (blocks - 1):
             if self.shortcut is None:
                 layers.append(BasicBlock(self.inplanes, planes, s, residual=False))
+            elif s == 1 and self.inplanes == out_planes:
+                layers.append(block(self.inplanes, planes, s))
+            elif self.shortcut == "A":
+                layers.append(
+                    block(self.inplanes, planes, s, ShortcutA(self.inplanes, out_planes, s))
+                )
             else:
-                downsample = None
-                if changes and self.shortcut == "A":
-                    downsample = ShortcutA(self.inplanes, out_planes, s)
-                elif changes:
-                    downsample = projection(self.inplanes, out_planes, s, nn.BatchNorm2d)
+                downsample = projection(self.inplanes, out_planes, s, nn.BatchNorm2d)
                 layers.append(block(self.inplanes, planes, s, downsample))
             self.inplanes = out_planes
         return nn.Sequential(*layers)
@@ -144,6 +136,8 @@ def _plain(depth: int, num_classes: int, in_channels: int, **kwargs) -> CifarRes
 
 _CIFAR = {"family": "cifar", "input_size": (3, 32, 32), "num_classes": 10, "paper": HE2015}
 _PLAIN = {**_CIFAR, "family": "plain"}
+_WIDTHS_X4 = (64, 128, 256, 512)  # the ImageNet stages, for the CIFAR-layout ResNet-18 / 34
+_CIFAR_LAYOUT = {**_CIFAR, "paper": "He et al. 2015, CIFAR variant (3x3 stem, no max-pool)"}
 
 
 @register_model(**_CIFAR)
@@ -172,10 +166,7 @@ def resnet56(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResN
 
 @register_model(**_CIFAR)
 def resnet110(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
-    """ResNet-110 (n=18), paper Table 6: 1.7M parameters, 6.43% error (best of 5).
-
-    The paper warms up at learning rate 0.01 until training error is below 80%.
-    """
+    """ResNet-110 (n=18), paper Table 6: 1.7M parameters, 6.43% error (best of 5)."""
     return _cifar(110, num_classes, in_channels, **kwargs)
 
 
@@ -185,22 +176,18 @@ def resnet1202(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarRe
     return _cifar(1202, num_classes, in_channels, **kwargs)
 
 
-@register_model(**{**_CIFAR, "paper": "He et al. 2015, CIFAR variant (3x3 stem, no max-pool)"})
+@register_model(**_CIFAR_LAYOUT)
 def cifar_resnet18(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
     """ResNet-18 for 32x32 images: 3x3 stem, no max-pool, projection shortcuts (11.2M)."""
     kwargs.setdefault("shortcut", "B")
-    return CifarResNet(
-        BasicBlock, [2, 2, 2, 2], (64, 128, 256, 512), num_classes, in_channels, **kwargs
-    )
+    return CifarResNet(BasicBlock, [2, 2, 2, 2], _WIDTHS_X4, num_classes, in_channels, **kwargs)
 
 
-@register_model(**{**_CIFAR, "paper": "He et al. 2015, CIFAR variant (3x3 stem, no max-pool)"})
+@register_model(**_CIFAR_LAYOUT)
 def cifar_resnet34(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
     """ResNet-34 for 32x32 images: 3x3 stem, no max-pool, projection shortcuts (21.3M)."""
     kwargs.setdefault("shortcut", "B")
-    return CifarResNet(
-        BasicBlock, [3, 4, 6, 3], (64, 128, 256, 512), num_classes, in_channels, **kwargs
-    )
+    return CifarResNet(BasicBlock, [3, 4, 6, 3], _WIDTHS_X4, num_classes, in_channels, **kwargs)
 
 
 @register_model(**_PLAIN)

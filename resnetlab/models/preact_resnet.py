@@ -1,8 +1,6 @@
-"""Pre-activation ResNets (He et al. 2016, "Identity Mappings in Deep Residual Networks").
-
-BN and ReLU come before each convolution and nothing follows the addition, so
-the shortcut path is a clean identity from the first block to the last; this
-is what lets the 1001-layer network train. The wide ResNets reuse these blocks.
+"""Pre-activation ResNets (He et al. 2016): BN and ReLU come before each convolution and nothing
+follows the addition, so the shortcut path is a clean identity from the first block to the last,
+which lets the 1001-layer network train. The wide ResNets reuse these blocks.
 """
 
 from __future__ import annotations
@@ -19,10 +17,7 @@ HE2016 = "He et al. 2016, Identity Mappings in Deep Residual Networks (arXiv:160
 
 class PreActBasicBlock(nn.Module):
     """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3, plus the shortcut; no ReLU after the sum.
-
-    A projection shortcut (``downsample``, a 1x1 conv) reads the pre-activated
-    input, as in the paper's code, so BN-ReLU is computed once.
-    """
+    A projection (``downsample``) reads the pre-activated input, as in the paper's code."""
 
     expansion: int = 1
 
@@ -101,9 +96,7 @@ class PreActBottleneck(nn.Module):
 
 class PreActResNet(nn.Module):
     """3x3 stem, three stages at 32/16/8 maps, final BN-ReLU, average pool, fc.
-
-    ``stem_width`` differs from ``widths[0]`` for the wide networks (16 then 16k).
-    """
+    ``stem_width`` differs from ``widths[0]`` for the wide networks (16 then 16k)."""
 
     def __init__(
         self,

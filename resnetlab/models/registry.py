@@ -1,7 +1,5 @@
-"""One registry of models, as timm has: builders register themselves by name.
-
-`create_model("resnet20", num_classes=100)` is the one way to build a model by
-name; the CLI, the experiment files and the tests all go through it.
+"""One registry of models, as timm has: builders register themselves by name, and
+`create_model("resnet20", num_classes=100)` is the one way the CLI, configs and tests build one.
 """
 
 from __future__ import annotations

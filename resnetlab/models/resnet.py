@@ -48,9 +48,7 @@ def projection(in_planes: int, out_planes: int, stride: int, norm_layer: NormLay
 
 def init_weights(model: nn.Module) -> None:
     """The papers' initialisation: Kaiming normal (fan_out) convs, BN weight 1 and bias 0.
-
-    Skipped on the meta device, where tensors hold no values and the fills only cost time.
-    """
+    Skipped on the meta device, where tensors hold no values and the fills only cost time."""
     if any(p.is_meta for p in model.parameters()):
         return
     for m in model.modules():
@@ -63,8 +61,6 @@ def init_weights(model: nn.Module) -> None:
 
 def zero_init_last_bn(model: nn.Module) -> None:
     """Zero every residual block's last BN, so it starts as the identity (Goyal et al. 2017)."""
-    if any(p.is_meta for p in model.parameters()):
-        return
     for m in model.modules():
         last = getattr(m, "last_bn", None)
         if callable(last) and isinstance(last(), nn.BatchNorm2d):
@@ -196,11 +192,9 @@ class ResNet(nn.Module):
         self._norm_layer = norm_layer or nn.BatchNorm2d
         self.inplanes = 64
         self.dilation = 1
-        replace_stride_with_dilation = replace_stride_with_dilation or [False, False, False]
-        if len(replace_stride_with_dilation) != 3:
-            raise UserError(
-                f"replace_stride_with_dilation needs 3 booleans, got {replace_stride_with_dilation}"
-            )
+        dilate = replace_stride_with_dilation or [False, False, False]
+        if len(dilate) != 3:
+            raise UserError(f"replace_stride_with_dilation needs 3 booleans, got {dilate}")
         self.groups = groups
         self.base_width = width_per_group
 
@@ -209,9 +203,9 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], 2, replace_stride_with_dilation[0])
-        self.layer3 = self._make_layer(block, 256, layers[2], 2, replace_stride_with_dilation[1])
-        self.layer4 = self._make_layer(block, 512, layers[3], 2, replace_stride_with_dilation[2])
+        self.layer2 = self._make_layer(block, 128, layers[1], 2, dilate[0])
+        self.layer3 = self._make_layer(block, 256, layers[2], 2, dilate[1])
+        self.layer4 = self._make_layer(block, 512, layers[3], 2, dilate[2])
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
 
@@ -236,30 +230,13 @@ class ResNet(nn.Module):
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = projection(self.inplanes, planes * block.expansion, stride, norm_layer)
 
+        shared = {"groups": self.groups, "base_width": self.base_width, "norm_layer": norm_layer}
         layers = [
-            block(
-                self.inplanes,
-                planes,
-                stride,
-                downsample,
-                self.groups,
-                self.base_width,
-                previous_dilation,
-                norm_layer,
-            )
+            block(self.inplanes, planes, stride, downsample, dilation=previous_dilation, **shared)
         ]
         self.inplanes = planes * block.expansion
         for _ in range(1, blocks):
-            layers.append(
-                block(
-                    self.inplanes,
-                    planes,
-                    groups=self.groups,
-                    base_width=self.base_width,
-                    dilation=self.dilation,
-                    norm_layer=norm_layer,
-                )
-            )
+            layers.append(block(self.inplanes, planes, dilation=self.dilation, **shared))
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -328,14 +305,12 @@ def wide_resnet101_2(num_classes: int = 1000, in_channels: int = 3, **kwargs) ->
 @register_model(**_IMAGENET, paper=XIE2017)
 def resnext50_32x4d(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
     """ResNeXt-50 (32x4d): 32 groups of 4 channels in the first stage's 3x3 (25.0M)."""
-    kwargs["groups"] = 32
-    kwargs["width_per_group"] = 4
+    kwargs.update(groups=32, width_per_group=4)
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, **kwargs)
 
 
 @register_model(**_IMAGENET, paper=XIE2017)
 def resnext101_32x8d(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
     """ResNeXt-101 (32x8d): 32 groups of 8 channels in the first stage's 3x3 (88.8M)."""
-    kwargs["groups"] = 32
-    kwargs["width_per_group"] = 8
+    kwargs.update(groups=32, width_per_group=8)
     return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels, **kwargs)

@@ -20,20 +20,17 @@ def model_table(family: str | None = None) -> list[dict[str, object]]:
     families = sorted({get_model_entry(n).family for n in list_models()})
     if family is not None and family not in families:
         raise UserError(f"unknown family {family!r}; known: {', '.join(families)}")
-    rows: list[dict[str, object]] = []
-    for name in list_models(family):
-        entry = get_model_entry(name)
-        rows.append(
-            {
-                "name": name,
-                "family": entry.family,
-                "parameters": count_parameters(name),
-                "input_size": entry.input_size,
-                "num_classes": entry.num_classes,
-                "paper": entry.paper,
-            }
-        )
-    return rows
+    return [
+        {
+            "name": entry.name,
+            "family": entry.family,
+            "parameters": count_parameters(entry.name),
+            "input_size": entry.input_size,
+            "num_classes": entry.num_classes,
+            "paper": entry.paper,
+        }
+        for entry in map(get_model_entry, list_models(family))
+    ]
 
 
 def format_table(rows: list[dict[str, object]]) -> str:

@@ -43,10 +43,8 @@ _EXTRA_SAFE_GLOBALS = [argparse.Namespace]
 
 
 def save_weights(path: str | os.PathLike, model: nn.Module, meta: Mapping[str, Any]) -> None:
-    """Write ``model``'s state_dict and ``meta`` as one safetensors file, atomically.
-
-    Wrapper prefixes are stripped, so a DDP or compiled model saves the keys of the bare one.
-    """
+    """Write ``model``'s state_dict and ``meta`` as one safetensors file, atomically; a DDP or
+    compiled model saves the keys of the bare one."""
     # Own contiguous copies: safetensors refuses shared or strided tensors.
     tensors = {
         k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
@@ -81,11 +79,8 @@ def resolve_weights_path(path: str | os.PathLike) -> Path:
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
-    """Read a state_dict and our meta ({} for foreign files) from any weights file we accept.
-
-    ``path`` may be a .safetensors file, a PyTorch .pth/.pt/.bin/.tar state_dict
-    (possibly wrapped as {"state_dict": ...} or {"model": ...}), or a run or bundle folder.
-    """
+    """A state_dict and our meta ({} for foreign files) from a .safetensors file, a PyTorch
+    state_dict (maybe wrapped as {"state_dict": ...} or {"model": ...}), a run or bundle folder."""
     p = resolve_weights_path(path)
     if _is_safetensors(p):
         state, meta = _read_safetensors(p)
@@ -115,9 +110,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict]:
             f"cannot read {path}: not a valid safetensors file ({_first_line(e)})"
         ) from e
     raw = metadata.get(META_KEY)
-    if raw is None:
-        return state, {}
-    return state, _json_object(raw, f"cannot read {path}: its {META_KEY!r} metadata")
+    what = f"cannot read {path}: its {META_KEY!r} metadata"
+    return state, {} if raw is None else _json_object(raw, what)
 
 
 def _read_config(path: Path) -> dict:
@@ -152,7 +146,9 @@ def _read_torch(path: Path) -> dict[str, Tensor]:
                 f"refusing to load {path}: not a plain state_dict (unsafe pickle: it needs "
                 f"{found.group(1).rstrip('.')}); save model.state_dict() instead"
             ) from None
-        if _starts_like_pickle(path):
+        with open(path, "rb") as f:
+            pickled = f.read(1) == b"\x80"  # the PROTO opcode every pickle since protocol 2 has
+        if pickled:
             raise UserError(
                 f"refusing to load {path}: not a plain state_dict (unsafe pickle: it uses "
                 "operations a state_dict never needs)"
@@ -166,11 +162,6 @@ def _read_torch(path: Path) -> dict[str, Tensor]:
             + (f" ({detail.splitlines()[0]})" if detail else "")
         ) from None
     return _extract_state_dict(obj, path)
-
-
-def _starts_like_pickle(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(1) == b"\x80"  # the PROTO opcode every pickle since protocol 2 begins with
 
 
 def _extract_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
@@ -205,11 +196,9 @@ def adapt_keys(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, 
 def load_into(
     model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "the weights"
 ) -> None:
-    """Load ``state_dict`` strictly; any mismatch is one UserError line that names the keys.
-
-    Checked here because ``load_state_dict``'s own error spans lines and loads part first.
-    BatchNorm fills a missing ``num_batches_tracked`` itself (files from before PyTorch 0.4).
-    """
+    """Load ``state_dict`` strictly; any mismatch is one UserError line that names the keys
+    (``load_state_dict``'s own error spans lines and loads part first). BatchNorm fills a
+    missing ``num_batches_tracked`` itself (files from before PyTorch 0.4)."""
     expected = model.state_dict()
     state = dict(state_dict)
     old_bn = {k for k in expected if k.endswith("num_batches_tracked")}
@@ -250,12 +239,9 @@ def meta_defaults(
     in_channels: int | None,
     kwargs: dict[str, Any],
 ) -> tuple[int | None, int | None, dict[str, Any]]:
-    """Architecture arguments for ``create_model(name, weights=...)`` from the file's meta.
-
-    A resnetlab file of the same model knows its classes and channels, so
-    ``create_model("resnet20", weights=cifar100_run)`` needs no ``num_classes``;
-    explicit arguments still win (and a real mismatch fails the strict load).
-    """
+    """Architecture arguments for ``create_model(name, weights=...)`` from the file's meta, so
+    ``create_model("resnet20", weights=cifar100_run)`` needs no ``num_classes``; explicit
+    arguments still win (and a real mismatch fails the strict load)."""
     if meta.get("model") != name:
         return num_classes, in_channels, kwargs
     if num_classes is None:
@@ -268,12 +254,9 @@ def meta_defaults(
 def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict]:
-    """Rebuild a trained model from a run folder, an exported bundle or a .safetensors file.
-
-    A run folder gives best.safetensors if training kept one, else last.safetensors.
-    The model comes back in eval mode on ``map_location``, with the meta that says how
-    to preprocess its inputs.
-    """
+    """Rebuild a trained model from a run folder (best.safetensors if training kept one, else
+    last.safetensors), an exported bundle or a .safetensors file. The model comes back in eval
+    mode on ``map_location``, with the meta that says how to preprocess its inputs."""
     # Lazy: the package imports this module, and importing it registers every model.
     from resnetlab.models import create_model
 
@@ -297,11 +280,8 @@ def load_checkpoint(
 
 
 def write_bundle(folder: str | os.PathLike, model: nn.Module, meta: Mapping[str, Any]) -> Path:
-    """Write a self-contained folder: model.safetensors (meta inside) and config.json.
-
-    ``create_model(name, weights=folder)``, ``load_checkpoint(folder)`` and
-    ``resnetlab eval --checkpoint folder`` all read it.
-    """
+    """Write a self-contained folder: model.safetensors (meta inside) and config.json, which
+    ``create_model(name, weights=folder)`` and ``load_checkpoint(folder)`` read."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"cannot write a bundle to {folder}: it is a file")

@@ -1,8 +1,5 @@
-"""Wide residual networks for CIFAR (Zagoruyko & Komodakis 2016).
-
-WRN-d-k: pre-activation basic blocks, (d-4)/6 per stage, k times the widths of
-the CIFAR ResNets (16k/32k/64k), optional dropout between the two convs. The
-blocks and the network are the pre-activation ones, with wider stages.
+"""Wide residual networks for CIFAR (Zagoruyko & Komodakis 2016). WRN-d-k: the pre-activation
+network with (d-4)/6 basic blocks per stage, k times as wide (16k/32k/64k), optional dropout.
 """
 
 from __future__ import annotations
