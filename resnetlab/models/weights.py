@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor, nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
@@ -50,8 +50,20 @@ def save_weights(path: str | os.PathLike, model: nn.Module, meta: Mapping[str, A
         k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
         for k, v in strip_prefixes(model.state_dict()).items()
     }
-    metadata = {"format": "pt", META_KEY: json.dumps(dict(meta))}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    blob = canonical(save(tensors, metadata={"format": "pt", META_KEY: json.dumps(dict(meta))}))
+    atomic_write(path, lambda tmp: tmp.write_bytes(blob))
+
+
+def canonical(blob: bytes) -> bytes:
+    """The file with its header's keys sorted, so that equal weights give equal bytes.
+
+    safetensors writes the metadata in a per-process hash order; the header keeps its length
+    (padded with spaces, as the format allows), so the offsets stay valid.
+    """
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return blob if len(text) > n else blob[:8] + text.ljust(n) + blob[8 + n :]
 
 
 def strip_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
