@@ -12,6 +12,8 @@ from resnetlab.cli import build_parser, main
 from resnetlab.device import PRECISIONS
 from resnetlab.training.config import SETTINGS
 
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # the tiny data's counts
+
 
 def options(command: str) -> dict[str, argparse.Action]:
     sub = next(
