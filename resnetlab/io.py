@@ -42,12 +42,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         if tmp_path is not None:
             with contextlib.suppress(OSError):
                 tmp_path.unlink()
-        # A full disk, permissions, a file-size limit; torch and safetensors wrap the OSError.
-        if isinstance(e, OSError):
+        if isinstance(e, OSError):  # a full disk, permissions, a file-size limit
             raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
-        if isinstance(e, RuntimeError) or type(e).__name__ == "SafetensorError":
-            cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise WriteError(f"cannot write {path} (is the disk full?): {cause}") from None
         raise
     _fsync_dir(path.parent)
 

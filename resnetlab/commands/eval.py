@@ -14,17 +14,12 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from resnetlab.commands.flags import add_checkpoint, add_inference, add_setting
 from resnetlab.data import build_loaders
 from resnetlab.device import resolve_device, resolve_precision
 from resnetlab.errors import UserError
 from resnetlab.inference.fast import optimize_for_inference
-from resnetlab.models import create_model
-from resnetlab.models.weights import load_checkpoint, load_into, resolve_weights_path
-from resnetlab.training.checkpoint import load_state
+from resnetlab.training.checkpoint import load_trained
 from resnetlab.training.curves import plot_confusion
 from resnetlab.training.evaluate import evaluate
 
@@ -60,24 +55,6 @@ def _run_config(path: Path) -> tuple[Path, dict]:
     return folder, {}
 
 
-def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict, str]:
-    """Any checkpoint `train` writes: a run folder, a .safetensors file or a state file."""
-    if path.is_file() and path.name.endswith(".state.pt"):
-        state = load_state(path)
-        meta = state["meta"]
-        model = create_model(
-            meta["model"],
-            num_classes=meta["num_classes"],
-            in_channels=meta["in_channels"],
-            **(meta.get("model_kwargs") or {}),
-        )
-        load_into(model, state["model"], source=f"weights in {path}")
-        return model.to(device).eval(), meta, str(path)
-    file = resolve_weights_path(path)
-    model, meta = load_checkpoint(file, map_location=device)
-    return model, meta, str(file)
-
-
 def run(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint).expanduser()
     if not path.exists():
@@ -87,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     resolve_precision(args.precision, device)
     folder, run_cfg = _run_config(path)
-    model, meta, source = load_model(path, device)
+    model, meta, source = load_trained(path, device)
 
     dataset = args.dataset or meta.get("dataset")
     if not dataset:

@@ -269,26 +269,31 @@ def load_checkpoint(
     """Rebuild a trained model from a run folder (best.safetensors if training kept one, else
     last.safetensors), an exported bundle or a .safetensors file. The model comes back in eval
     mode on ``map_location``, with the meta that says how to preprocess its inputs."""
+    file = resolve_weights_path(path)
+    state, meta = read_weights(file)
+    return rebuild(state, meta, file).to(map_location).eval(), meta
+
+
+def rebuild(state: Mapping[str, Tensor], meta: Mapping[str, Any], source: os.PathLike) -> nn.Module:
+    """The model ``meta`` names, holding ``state``: what every resnetlab checkpoint is."""
     # Lazy: the package imports this module, and importing it registers every model.
     from resnetlab.models import create_model
 
-    file = resolve_weights_path(path)
-    state, meta = read_weights(file)
     if not meta.get("model"):
         raise UserError(
-            f"{file} holds weights without resnetlab metadata; "
+            f"{source} holds weights without resnetlab metadata; "
             "load it with create_model(NAME, weights=PATH) instead"
         )
     missing = [k for k in ("num_classes", "in_channels") if k not in meta]
     if missing:
-        raise UserError(f"{file}: its metadata lacks {', '.join(missing)}")
+        raise UserError(f"{source}: its metadata lacks {', '.join(missing)}")
     kwargs = {"num_classes": meta["num_classes"], "in_channels": meta["in_channels"]}
     try:
         model = create_model(meta["model"], **kwargs, **(meta.get("model_kwargs") or {}))
     except UserError as e:  # model_kwargs the builder does not take: a foreign or edited file
-        raise UserError(f"{file}: cannot build {meta['model']} from its metadata ({e})") from None
-    load_into(model, state, source=f"weights in {file}")
-    return model.to(map_location).eval(), meta
+        raise UserError(f"{source}: cannot build {meta['model']} from its metadata ({e})") from None
+    load_into(model, state, source=f"weights in {source}")
+    return model
 
 
 def write_bundle(folder: str | os.PathLike, model: nn.Module, meta: Mapping[str, Any]) -> Path:

@@ -14,6 +14,7 @@ refused before it can run.
 
 from __future__ import annotations
 
+import io
 import pickle
 import random
 import zipfile
@@ -22,9 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from resnetlab.errors import UserError
 from resnetlab.io import atomic_write
+from resnetlab.models.weights import load_checkpoint, rebuild, resolve_weights_path
 
 STATE_FILE = "last.state.pt"
 LAST_WEIGHTS = "last.safetensors"
@@ -35,8 +38,11 @@ VERSION = 1
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
     """Write the training state atomically (a reader sees the old file or the new one)."""
-    payload = {"format": FORMAT, "version": VERSION, **state}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    # Serialised in memory first: torch.save onto a full disk fails with an opaque
+    # RuntimeError, a plain write with the OSError that names the cause.
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **state}, buf)
+    atomic_write(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
@@ -94,3 +100,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_trained(path: Path, device: torch.device) -> tuple[nn.Module, dict, str]:
+    """Any checkpoint `train` writes (a run folder, a .safetensors file or a training state):
+    the model in eval mode on ``device``, its meta and the file it came from."""
+    if path.is_file() and path.name.endswith(".state.pt"):
+        state = load_state(path)
+        return (
+            rebuild(state["model"], state["meta"], path).to(device).eval(),
+            state["meta"],
+            str(path),
+        )
+    file = resolve_weights_path(path)
+    model, meta = load_checkpoint(file, map_location=device)
+    return model, meta, str(file)

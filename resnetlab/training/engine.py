@@ -216,8 +216,9 @@ def _train(
             and eval_split == "val"
             and (run.best_acc is None or ev.top1 > run.best_acc)
         )
-        row = run.record(epoch + 1, stats, eval_split, ev, raw, seconds, train_seconds)
-        row["image_size"] = step.image_size
+        row = run.record(
+            epoch + 1, stats, eval_split, ev, raw, seconds, train_seconds, step.image_size
+        )
         if improved:
             run.best_epoch, run.best_acc = epoch + 1, ev.top1
         plot = epoch + 1 == cfg.epochs or time.monotonic() - last_plot >= PLOT_EVERY_S

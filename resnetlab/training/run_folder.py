@@ -32,8 +32,15 @@ from resnetlab.version import __version__
 
 CONFIG, METRICS, SUMMARY, CURVES = ("config.json", "metrics.csv", "summary.json", "curves.png")
 # What a run writes; --overwrite removes exactly these (and the eval pictures) first.
-RUN_FILES = (CONFIG, METRICS, SUMMARY, CURVES, ckpt.STATE_FILE, ckpt.LAST_WEIGHTS)
-RUN_FILES += (ckpt.BEST_WEIGHTS,)
+RUN_FILES = (
+    CONFIG,
+    METRICS,
+    SUMMARY,
+    CURVES,
+    ckpt.STATE_FILE,
+    ckpt.LAST_WEIGHTS,
+    ckpt.BEST_WEIGHTS,
+)
 METRICS_COLUMNS = (
     "epoch",
     "iteration",
@@ -73,6 +80,7 @@ class RunState:
         raw: Any,
         seconds: float,
         train_seconds: float,
+        image_size: int,
     ) -> dict[str, Any]:
         """Add an epoch: its metrics.csv row (returned) and the run's totals."""
         row = {
@@ -87,6 +95,7 @@ class RunState:
             "raw_eval_acc": raw.top1 if raw else None,
             "seconds": round(seconds, 3),
             "images_per_s": round(stats["images"] / max(train_seconds, 1e-9), 1),
+            "image_size": image_size,
         }
         self.history.append(row)
         self.epoch, self.iteration = epoch, stats["iteration"]
