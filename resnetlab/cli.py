@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import signal
 import sys
 import warnings
 
@@ -67,20 +68,35 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:  #
     return f"resnetlab: warning: {message}\n"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a scheduler, torchrun stopping its workers): unwound as Ctrl-C is, so
+    that the run stops between atomic writes and resumes."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     warnings.formatwarning = _one_line_warning
     only = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(only)
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args._run(args) or 0)
     except UserError as e:
         print(f"resnetlab {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"resnetlab {args.command}: {what}", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -146,6 +146,24 @@ def _spawn(args: list[str]) -> subprocess.Popen:
     )
 
 
+def test_sigterm_stops_with_one_line_and_resumes_bit_identical(
+    data_root: Path, reference: Path, tmp_path: Path
+) -> None:
+    """kill (SIGTERM) after the first commit: exit 128 + 15, one line, the run resumes."""
+    out = tmp_path / "run"
+    proc = _spawn(train_args(data_root, out))
+    while not (out / ckpt.STATE_FILE).exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)  # 4 epochs were left: it cannot have finished
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode()
+    assert err.decode().strip().splitlines() == ["resnetlab train: terminated"]
+    assert not list(out.glob(".*.tmp")) and not (out / "summary.json").exists()
+    assert cli(["train", "--resume", str(out)]) == 0
+    assert_same_weights(out / ckpt.LAST_WEIGHTS, reference / ckpt.LAST_WEIGHTS)
+    assert metrics(out) == metrics(reference)
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(
     data_root: Path, reference: Path, tmp_path: Path

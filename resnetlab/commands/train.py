@@ -12,8 +12,8 @@ checkpoints (last, and best by validation accuracy) in its output folder.
 Unset options come from the recipe of the model and dataset (resnetlab/training/config.py);
 config.json holds the resolved values and `--config` reads it back. Exit status: 0 done,
 1 a result could not be written (the previous checkpoint is kept), 2 bad input (nothing
-written), 3 the loss became NaN or infinite (the last checkpoint is kept), 130 interrupted
-(resume with --resume).
+written), 3 the loss became NaN or infinite (the last checkpoint is kept), 130 interrupted (Ctrl-C)
+and 143 terminated (SIGTERM): resume with --resume.
 """
 
 from __future__ import annotations
