@@ -1,14 +1,8 @@
 """Training state: what `--resume` needs to continue a run bit for bit.
 
-One epoch is committed by one atomic write of ``last.state.pt``, which holds the
-model weights *and* everything else (optimizer, scheduler, grad scaler, epoch and
-iteration, RNG states, metrics so far, best epoch). The safetensors files are
-written after it and derived from it; a kill between the two writes leaves a
-stale ``last.safetensors`` that resume rewrites from the state, so the weights
-of epoch k are never paired with the optimizer state of epoch k+1.
-
-The state is read with ``torch.load(weights_only=True)``: tensors, numbers,
-strings and containers only. Anything else (a pickled object, a code payload) is
+``last.state.pt`` holds the weights and everything else (optimizer, scheduler, scaler,
+RNG states, metrics so far); one atomic write of it commits an epoch, and the safetensors
+files are derived from it. It is read with ``weights_only=True``, so a pickled object is
 refused before it can run.
 """
 

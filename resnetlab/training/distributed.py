@@ -136,13 +136,6 @@ def sum_across_ranks(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def min_across_ranks(t: torch.Tensor) -> torch.Tensor:
-    """``t`` minimised over every rank, in place (unchanged in a single process)."""
-    if active():
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return t
-
-
 def reduce_epoch_stats(stats: dict, device: torch.device) -> dict:
     """Loss and accuracy of the epoch over every rank's samples, from each rank's means.
 
@@ -181,5 +174,6 @@ def earliest_across_ranks(index: torch.Tensor) -> int:
         return int(index.item())
     none = torch.iinfo(torch.int64).max
     t = torch.where(index >= 0, index, none).to(torch.int64).reshape(1)
-    found = int(min_across_ranks(t).item())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    found = int(t.item())
     return -1 if found == none else found

@@ -1,16 +1,7 @@
-"""An exponential moving average of the weights (and BatchNorm statistics), evaluated and saved.
-
-Averaging the last few thousand steps' weights smooths out the noise of SGD, which pays
-most in short runs (the fast recipe). It is torch's own ``AveragedModel`` with
-``use_buffers=True``, as torchvision's reference scripts use it, and two choices of ours:
-
-* ``decay`` is per optimizer step, whatever ``every`` is: an update every ``every``
-  steps applies ``decay ** every``, so the averaging horizon (about ``1 / (1 - decay)``
-  steps) does not change with the cost knob. torchvision's reference updates every 32
-  steps too; its ``decay`` depends on the batch size and length, ours does not.
-* a warm-up, as TensorFlow's ``ExponentialMovingAverage(num_updates=t)``: at step t
-  the decay is at most ``(1 + t) / (10 + t)``, so the average does not cling to the
-  random initial weights in a run shorter than its horizon.
+"""An exponential moving average of the weights and BatchNorm statistics: torch's
+``AveragedModel(use_buffers=True)``, as torchvision's reference uses it, with ``decay`` per
+optimizer step whatever the update interval (so the horizon does not move with the cost
+knob) and TensorFlow's warm-up, so that a short run's average does not cling to the init.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """Learning-rate schedules as a multiplier per iteration, stepped by torch's LambdaLR.
 
-Stepping per iteration (not per epoch) is what lets the paper's schedule be stated
-in iterations (lr / 10 at 32k and 48k of 64k) and a shortened run keep its shape.
-The multiplier is a small dataclass, so LambdaLR's state_dict saves its fields as
-plain numbers and a checkpoint stays loadable with ``weights_only=True``.
+Per iteration, so that the paper's schedule is stated in its own unit and a shortened run
+keeps its shape; a dataclass, so that LambdaLR's state_dict stays ``weights_only``-safe.
 """
 
 from __future__ import annotations
@@ -79,15 +77,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: LrSchedule) -> L
 def train_image_size(
     epoch: int, epochs: int, full: int, min_res: int, ramp: tuple[float, float]
 ) -> int:
-    """The image side of epoch ``epoch`` (0-based) under progressive resizing.
-
-    FFCV's schedule for ResNets: ``min_res`` until the fraction ``ramp[0]`` of the run,
-    then linear growth to ``full`` at ``ramp[1]``, rounded to steps of ``full / 8`` pixels
-    (4 for CIFAR's 32), so that a run sees a few sizes, not one per epoch. Low-resolution epochs
-    cost about (side / full)^2 of a full one; the last epochs train at the test size.
-    ``min_res`` 0 (or ``full`` or more) turns it off. Stated in fractions of the run, a
-    shortened run (``--epochs-scale``) keeps the schedule's shape.
-    """
+    """The image side of epoch ``epoch`` (0-based) under FFCV's progressive resizing:
+    ``min_res`` until the fraction ``ramp[0]`` of the run, growing linearly to ``full`` at
+    ``ramp[1]`` in steps of ``full / 8`` pixels, so that a run sees a few sizes (0: off)."""
     if not min_res or min_res >= full:
         return full
     start, end = ramp
