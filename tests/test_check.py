@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,14 @@ def test_too_few_seeds_and_other_recipes_are_said(tmp_path):
 def test_seed_device_and_paths_do_not_make_another_recipe(tmp_path):
     run = fake_run(tmp_path / "a", 91.5, workers=0, precision="fp32", data_path="/x")
     assert "lies inside" in verdict(run, measured(8.4, 8.6))
+
+
+def test_a_run_two_experiments_share_counts_once(tmp_path):
+    fake_run(tmp_path / "table" / "resnet20-seed0", 91.5)
+    fake_run(tmp_path / "table" / "resnet20-seed1", 91.4)
+    (tmp_path / "fig6").mkdir()
+    shutil.copytree(tmp_path / "table" / "resnet20-seed0", tmp_path / "fig6" / "resnet20-seed0")
+    assert sorted(r["test_error"] for r in collect(tmp_path)) == [8.5, 8.6]
 
 
 def test_the_shipped_measurements_are_the_committed_records(monkeypatch):

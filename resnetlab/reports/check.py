@@ -44,11 +44,14 @@ def read_record(run_dir: Path) -> dict[str, Any]:
 
 
 def collect(records: Path) -> list[dict[str, Any]]:
-    """Every finished run (a folder with config.json and summary.json) below ``records``."""
-    out = []
+    """Every finished run (a folder with config.json and summary.json) below ``records``,
+    once: a run that two experiments share (Figure 6 and the table) is one measurement."""
+    out, seen = [], set()
     for summary in sorted(records.glob("*/*/summary.json")):
-        entry = read_record(summary.parent)
-        out.append({"record": str(summary.parent), **entry})
+        if summary.read_bytes() in seen:
+            continue
+        seen.add(summary.read_bytes())
+        out.append({"record": str(summary.parent), **read_record(summary.parent)})
     return out
 
 
