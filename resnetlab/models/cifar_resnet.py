@@ -8,18 +8,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.resnet import conv1x1, conv3x3
 
 from resnetlab.errors import UserError
 from resnetlab.models.registry import register_model
-from resnetlab.models.resnet import (
-    HE2015,
-    BasicBlock,
-    Bottleneck,
-    conv3x3,
-    init_weights,
-    projection,
-    zero_init_last_bn,
-)
+from resnetlab.models.resnet import HE2015, BasicBlock, Bottleneck, init_weights, zero_init_last_bn
 
 SHORTCUTS = ("A", "B")
 
@@ -89,20 +82,18 @@ class CifarResNet(nn.Module):
         self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int
     ) -> nn.Sequential:
         layers = []
-        out_planes = planes * block.expansion
+        out = planes * block.expansion
         for s in [stride] + [1] * (blocks - 1):
             if self.shortcut is None:
                 layers.append(BasicBlock(self.inplanes, planes, s, residual=False))
-            elif s == 1 and self.inplanes == out_planes:
+            elif s == 1 and self.inplanes == out:
                 layers.append(block(self.inplanes, planes, s))
             elif self.shortcut == "A":
-                layers.append(
-                    block(self.inplanes, planes, s, ShortcutA(self.inplanes, out_planes, s))
-                )
-            else:
-                downsample = projection(self.inplanes, out_planes, s, nn.BatchNorm2d)
-                layers.append(block(self.inplanes, planes, s, downsample))
-            self.inplanes = out_planes
+                layers.append(block(self.inplanes, planes, s, ShortcutA(self.inplanes, out, s)))
+            else:  # option B, a projection: 1x1 conv and BN, keys downsample.0 and .1
+                projection = nn.Sequential(conv1x1(self.inplanes, out, s), nn.BatchNorm2d(out))
+                layers.append(block(self.inplanes, planes, s, projection))
+            self.inplanes = out
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.resnet import conv1x1, conv3x3
 
 from resnetlab.errors import UserError
 from resnetlab.models.registry import register_model
-from resnetlab.models.resnet import conv1x1, conv3x3, init_weights, zero_init_last_bn
+from resnetlab.models.resnet import init_weights, zero_init_last_bn
 
 HE2016 = "He et al. 2016, Identity Mappings in Deep Residual Networks (arXiv:1603.05027)"
 
