@@ -5,12 +5,15 @@ which lets the 1001-layer network train. The wide ResNets reuse these blocks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import conv1x1, conv3x3
 
 from resnetlab.errors import UserError
-from resnetlab.models.registry import register_model
+from resnetlab.models.registry import register_builder
 from resnetlab.models.resnet import init_weights, zero_init_last_bn
 
 HE2016 = "He et al. 2016, Identity Mappings in Deep Residual Networks (arXiv:1603.05027)"
@@ -163,26 +166,14 @@ class PreActResNet(nn.Module):
 _PREACT = {"family": "preact", "input_size": (3, 32, 32), "num_classes": 10, "paper": HE2016}
 
 
-def _preact(block: type, depth: int, num_classes: int, in_channels: int, **kwargs) -> PreActResNet:
-    n, rest = divmod(depth - 2, 9 if block is PreActBottleneck else 6)  # 3 stages of n blocks
-    if rest or n < 1:
-        raise UserError(f"depth {depth} does not fit {block.__name__}s in three stages")
-    return PreActResNet(block, [n, n, n], (16, 32, 64), num_classes, in_channels, **kwargs)
+def _preact(
+    block: type[PreActBasicBlock | PreActBottleneck], depth: int, doc: str
+) -> Callable[..., PreActResNet]:
+    n = (depth - 2) // (9 if block is PreActBottleneck else 6)  # 3 stages of n blocks
+    build = partial(PreActResNet, block, [n, n, n], (16, 32, 64))
+    return register_builder(f"preact_resnet{depth}", build, doc, **_PREACT)
 
 
-@register_model(**_PREACT)
-def preact_resnet110(num_classes: int = 10, in_channels: int = 3, **kwargs) -> PreActResNet:
-    """Pre-activation ResNet-110 (basic blocks, 1.7M): 6.37% CIFAR-10 error, paper Table 2."""
-    return _preact(PreActBasicBlock, 110, num_classes, in_channels, **kwargs)
-
-
-@register_model(**_PREACT)
-def preact_resnet164(num_classes: int = 10, in_channels: int = 3, **kwargs) -> PreActResNet:
-    """Pre-activation ResNet-164 (bottlenecks, 1.7M): 5.46% CIFAR-10 error, paper Table 3."""
-    return _preact(PreActBottleneck, 164, num_classes, in_channels, **kwargs)
-
-
-@register_model(**_PREACT)
-def preact_resnet1001(num_classes: int = 10, in_channels: int = 3, **kwargs) -> PreActResNet:
-    """Pre-activation ResNet-1001 (bottlenecks, 10.2M): 4.92% CIFAR-10 error, paper Table 3."""
-    return _preact(PreActBottleneck, 1001, num_classes, in_channels, **kwargs)
+preact_resnet110 = _preact(PreActBasicBlock, 110, "Pre-activation ResNet-110, paper Table 2.")
+preact_resnet164 = _preact(PreActBottleneck, 164, "Pre-activation ResNet-164, paper Table 3.")
+preact_resnet1001 = _preact(PreActBottleneck, 1001, "Pre-activation ResNet-1001, paper Table 3.")

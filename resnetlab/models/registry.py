@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -27,6 +28,7 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+M = TypeVar("M", bound=nn.Module)
 
 
 def register_model(
@@ -42,6 +44,29 @@ def register_model(
         return builder
 
     return decorate
+
+
+def register_builder(
+    name: str,
+    build: Callable[..., M],
+    doc: str,
+    family: str,
+    input_size: tuple[int, int, int],
+    num_classes: int,
+    paper: str,
+) -> Callable[..., M]:
+    """Register ``build(num_classes, in_channels, **kwargs)`` as the builder ``name``, with the
+    entry's defaults: a family declares its models as a table, one line each."""
+
+    def builder(
+        num_classes: int = num_classes, in_channels: int = input_size[0], **kwargs: Any
+    ) -> M:
+        return build(num_classes, in_channels, **kwargs)
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc
+    register_model(family, input_size, num_classes, paper)(builder)
+    return builder
 
 
 def model_depth(model: str) -> int:

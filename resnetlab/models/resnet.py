@@ -6,12 +6,13 @@ The helpers and blocks here serve the CIFAR and plain networks too.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor, nn
 from torchvision.models import resnet
 
 from resnetlab.errors import UserError
-from resnetlab.models.registry import register_model
+from resnetlab.models.registry import register_builder
 
 HE2015 = "He et al. 2015, Deep Residual Learning (arXiv:1512.03385)"
 ZAGORUYKO2016 = "Zagoruyko & Komodakis 2016, Wide Residual Networks (arXiv:1605.07146)"
@@ -126,61 +127,41 @@ class ResNet(resnet.ResNet):
 
 
 _IMAGENET = {"family": "imagenet", "input_size": (3, 224, 224), "num_classes": 1000}
+_LAYERS = {
+    18: [2, 2, 2, 2],
+    34: [3, 4, 6, 3],
+    50: [3, 4, 6, 3],
+    101: [3, 4, 23, 3],
+    152: [3, 8, 36, 3],
+}
 
 
-@register_model(**_IMAGENET, paper=HE2015)
-def resnet18(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNet-18, paper Table 1 (11.7M parameters, 1.8G MACs)."""
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, **kwargs)
+def _imagenet(name: str, depth: int, paper: str, doc: str, **fixed: int) -> Callable[..., ResNet]:
+    """Register a network of paper Table 1's depths; ``fixed`` arguments win over the caller's."""
+    block = BasicBlock if depth < 50 else Bottleneck
+
+    def build(num_classes: int, in_channels: int, **kwargs: Any) -> ResNet:
+        return ResNet(block, _LAYERS[depth], num_classes, in_channels, **{**kwargs, **fixed})
+
+    return register_builder(name, build, doc, paper=paper, **_IMAGENET)
 
 
-@register_model(**_IMAGENET, paper=HE2015)
-def resnet34(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNet-34, paper Table 1 (21.8M parameters, 3.6G MACs)."""
-    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_channels, **kwargs)
-
-
-@register_model(**_IMAGENET, paper=HE2015)
-def resnet50(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNet-50, paper Table 1 (25.6M parameters, 4.1G MACs in the V1.5 layout)."""
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, **kwargs)
-
-
-@register_model(**_IMAGENET, paper=HE2015)
-def resnet101(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNet-101, paper Table 1 (44.5M parameters, 7.8G MACs)."""
-    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels, **kwargs)
-
-
-@register_model(**_IMAGENET, paper=HE2015)
-def resnet152(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNet-152, paper Table 1 (60.2M parameters, 11.5G MACs)."""
-    return ResNet(Bottleneck, [3, 8, 36, 3], num_classes, in_channels, **kwargs)
-
-
-@register_model(**_IMAGENET, paper=ZAGORUYKO2016)
-def wide_resnet50_2(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """Wide ResNet-50-2: ResNet-50 with bottlenecks twice as wide (68.9M parameters)."""
-    kwargs["width_per_group"] = 64 * 2
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, **kwargs)
-
-
-@register_model(**_IMAGENET, paper=ZAGORUYKO2016)
-def wide_resnet101_2(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """Wide ResNet-101-2: ResNet-101 with bottlenecks twice as wide (126.9M parameters)."""
-    kwargs["width_per_group"] = 64 * 2
-    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels, **kwargs)
-
-
-@register_model(**_IMAGENET, paper=XIE2017)
-def resnext50_32x4d(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNeXt-50 (32x4d): 32 groups of 4 channels in the first stage's 3x3 (25.0M)."""
-    kwargs.update(groups=32, width_per_group=4)
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, **kwargs)
-
-
-@register_model(**_IMAGENET, paper=XIE2017)
-def resnext101_32x8d(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNeXt-101 (32x8d): 32 groups of 8 channels in the first stage's 3x3 (88.8M)."""
-    kwargs.update(groups=32, width_per_group=8)
-    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels, **kwargs)
+resnet18 = _imagenet("resnet18", 18, HE2015, "ResNet-18 of paper Table 1.")
+resnet34 = _imagenet("resnet34", 34, HE2015, "ResNet-34 of paper Table 1.")
+resnet50 = _imagenet("resnet50", 50, HE2015, "ResNet-50 of paper Table 1.")
+resnet101 = _imagenet("resnet101", 101, HE2015, "ResNet-101 of paper Table 1.")
+resnet152 = _imagenet("resnet152", 152, HE2015, "ResNet-152 of paper Table 1.")
+_WIDE = "ResNet-{} with bottlenecks twice as wide."
+wide_resnet50_2 = _imagenet(
+    "wide_resnet50_2", 50, ZAGORUYKO2016, _WIDE.format(50), width_per_group=128
+)
+wide_resnet101_2 = _imagenet(
+    "wide_resnet101_2", 101, ZAGORUYKO2016, _WIDE.format(101), width_per_group=128
+)
+_RESNEXT = "ResNeXt-{}: 32 groups of {} channels in the first stage's 3x3s."
+resnext50_32x4d = _imagenet(
+    "resnext50_32x4d", 50, XIE2017, _RESNEXT.format(50, 4), groups=32, width_per_group=4
+)
+resnext101_32x8d = _imagenet(
+    "resnext101_32x8d", 101, XIE2017, _RESNEXT.format(101, 8), groups=32, width_per_group=8
+)
