@@ -137,31 +137,27 @@ _LAYERS = {
 
 
 def _imagenet(name: str, depth: int, paper: str, doc: str, **fixed: int) -> Callable[..., ResNet]:
-    """Register a network of paper Table 1's depths; ``fixed`` arguments win over the caller's."""
+    """Register a network of paper Table 1's depths; ``fixed`` arguments win over the caller's
+    and fill in the docstring."""
     block = BasicBlock if depth < 50 else Bottleneck
 
     def build(num_classes: int, in_channels: int, **kwargs: Any) -> ResNet:
         return ResNet(block, _LAYERS[depth], num_classes, in_channels, **{**kwargs, **fixed})
 
-    return register_builder(name, build, doc, paper=paper, **_IMAGENET)
+    return register_builder(name, build, doc.format(depth=depth, **fixed), paper=paper, **_IMAGENET)
 
 
-resnet18 = _imagenet("resnet18", 18, HE2015, "ResNet-18 of paper Table 1.")
-resnet34 = _imagenet("resnet34", 34, HE2015, "ResNet-34 of paper Table 1.")
-resnet50 = _imagenet("resnet50", 50, HE2015, "ResNet-50 of paper Table 1.")
-resnet101 = _imagenet("resnet101", 101, HE2015, "ResNet-101 of paper Table 1.")
-resnet152 = _imagenet("resnet152", 152, HE2015, "ResNet-152 of paper Table 1.")
-_WIDE = "ResNet-{} with bottlenecks twice as wide."
-wide_resnet50_2 = _imagenet(
-    "wide_resnet50_2", 50, ZAGORUYKO2016, _WIDE.format(50), width_per_group=128
-)
-wide_resnet101_2 = _imagenet(
-    "wide_resnet101_2", 101, ZAGORUYKO2016, _WIDE.format(101), width_per_group=128
-)
-_RESNEXT = "ResNeXt-{}: 32 groups of {} channels in the first stage's 3x3s."
-resnext50_32x4d = _imagenet(
-    "resnext50_32x4d", 50, XIE2017, _RESNEXT.format(50, 4), groups=32, width_per_group=4
-)
+_TABLE1 = "ResNet-{depth} of paper Table 1."
+_WIDE = "ResNet-{depth} with bottlenecks twice as wide."
+_RESNEXT = "ResNeXt-{depth}: {groups} groups of {width_per_group} channels in stage 1's 3x3s."
+resnet18 = _imagenet("resnet18", 18, HE2015, _TABLE1)
+resnet34 = _imagenet("resnet34", 34, HE2015, _TABLE1)
+resnet50 = _imagenet("resnet50", 50, HE2015, _TABLE1)
+resnet101 = _imagenet("resnet101", 101, HE2015, _TABLE1)
+resnet152 = _imagenet("resnet152", 152, HE2015, _TABLE1)
+wide_resnet50_2 = _imagenet("wide_resnet50_2", 50, ZAGORUYKO2016, _WIDE, width_per_group=128)
+wide_resnet101_2 = _imagenet("wide_resnet101_2", 101, ZAGORUYKO2016, _WIDE, width_per_group=128)
+resnext50_32x4d = _imagenet("resnext50_32x4d", 50, XIE2017, _RESNEXT, groups=32, width_per_group=4)
 resnext101_32x8d = _imagenet(
-    "resnext101_32x8d", 101, XIE2017, _RESNEXT.format(101, 8), groups=32, width_per_group=8
+    "resnext101_32x8d", 101, XIE2017, _RESNEXT, groups=32, width_per_group=8
 )
