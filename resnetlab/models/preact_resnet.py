@@ -19,9 +19,21 @@ from resnetlab.models.resnet import init_weights, zero_init_last_bn
 HE2016 = "He et al. 2016, Identity Mappings in Deep Residual Networks (arXiv:1603.05027)"
 
 
-class PreActBasicBlock(nn.Module):
-    """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3, plus the shortcut; no ReLU after the sum.
-    A projection (``downsample``) reads the pre-activated input, as in the paper's code."""
+class _PreActBlock(nn.Module):
+    """BN-ReLU, then the block's ``residual`` branch plus the shortcut, and no ReLU after the
+    sum. A projection (``downsample``) reads the pre-activated input, as in the paper's code."""
+
+    def residual(self, out: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(x))
+        shortcut = self.downsample(out) if self.downsample is not None else x
+        return self.residual(out) + shortcut
+
+
+class PreActBasicBlock(_PreActBlock):
+    """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3."""
 
     expansion: int = 1
 
@@ -41,24 +53,15 @@ class PreActBasicBlock(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = conv3x3(planes, planes)
         self.downsample = downsample
-        self.stride = stride
 
     def last_bn(self) -> nn.Module:
         return self.bn2
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(x))
-        shortcut = self.downsample(out) if self.downsample is not None else x
-
-        out = self.conv1(out)
-        out = self.relu(self.bn2(out))
-        out = self.dropout(out)
-        out = self.conv2(out)
-
-        return out + shortcut
+    def residual(self, out: Tensor) -> Tensor:
+        return self.conv2(self.dropout(self.relu(self.bn2(self.conv1(out)))))
 
 
-class PreActBottleneck(nn.Module):
+class PreActBottleneck(_PreActBlock):
     """BN-ReLU-conv1x1, BN-ReLU-conv3x3 (with the stride), BN-ReLU-conv1x1 to 4x width."""
 
     expansion: int = 4
@@ -71,9 +74,9 @@ class PreActBottleneck(nn.Module):
         downsample: nn.Module | None = None,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
         if dropout > 0:
             raise UserError("dropout is only implemented for the basic (wide) blocks")
+        super().__init__()
         self.bn1 = nn.BatchNorm2d(inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.conv1 = conv1x1(inplanes, planes)
@@ -82,20 +85,13 @@ class PreActBottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes)
         self.conv3 = conv1x1(planes, planes * self.expansion)
         self.downsample = downsample
-        self.stride = stride
 
     def last_bn(self) -> nn.Module:
         return self.bn3
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(x))
-        shortcut = self.downsample(out) if self.downsample is not None else x
-
-        out = self.conv1(out)
-        out = self.conv2(self.relu(self.bn2(out)))
-        out = self.conv3(self.relu(self.bn3(out)))
-
-        return out + shortcut
+    def residual(self, out: Tensor) -> Tensor:
+        out = self.conv2(self.relu(self.bn2(self.conv1(out))))
+        return self.conv3(self.relu(self.bn3(out)))
 
 
 class PreActResNet(nn.Module):
