@@ -104,9 +104,10 @@ def create_model(
     state_dict = None
     if weights is not None:
         state_dict, meta = weights_format.read_weights(weights)
-        num_classes, in_channels, kwargs = weights_format.meta_defaults(
-            name, meta, num_classes, in_channels, kwargs
-        )
+        if meta.get("model") == name:  # our own file: its architecture, unless told otherwise
+            num_classes = meta.get("num_classes") if num_classes is None else num_classes
+            in_channels = meta.get("in_channels") if in_channels is None else in_channels
+            kwargs = {**(meta.get("model_kwargs") or {}), **kwargs}
     for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if value is not None and value < 1:
             raise UserError(f"{key} must be at least 1, got {value}")
