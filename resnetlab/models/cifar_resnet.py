@@ -157,7 +157,5 @@ cifar_resnet34 = _cifar_layout(34, [3, 4, 6, 3])
 plain20 = _plain(20, "Plain-20: ResNet-20 without shortcuts, paper Fig. 6 (left).")
 plain32 = _plain(32, "Plain-32: ResNet-32 without shortcuts, paper Fig. 6 (left).")
 plain44 = _plain(44, "Plain-44: ResNet-44 without shortcuts, paper Fig. 6 (left).")
-plain56 = _plain(
-    56, "Plain-56: deeper yet worse than plain-20, the degradation of paper Fig. 1, 6."
-)
+plain56 = _plain(56, "Plain-56: deeper than plain-20 yet worse, the degradation of paper Fig. 1.")
 plain110 = _plain(110, "Plain-110: the paper reports it fails to train well (Fig. 6).")
