@@ -27,12 +27,6 @@ def wide_resnet_cifar(
     )
 
 
-wrn28_10 = register_builder(
-    "wrn28_10",
-    partial(wide_resnet_cifar, 28, 10),
-    "WRN-28-10 of paper Tables 4 and 6; ``dropout=0.3`` gives its variant with dropout.",
-    family="wide",
-    input_size=(3, 32, 32),
-    num_classes=10,
-    paper=ZAGORUYKO2016,
-)
+_WIDE = {"family": "wide", "input_size": (3, 32, 32), "num_classes": 10, "paper": ZAGORUYKO2016}
+_WRN28_10 = "WRN-28-10 of paper Tables 4 and 6; ``dropout=0.3`` gives its variant with dropout."
+wrn28_10 = register_builder("wrn28_10", partial(wide_resnet_cifar, 28, 10), _WRN28_10, **_WIDE)
