@@ -5,21 +5,18 @@ are the same network built with ``shortcut=None``: the same blocks minus the add
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.resnet import conv1x1, conv3x3
 
 from resnetlab.errors import UserError
-from resnetlab.models.registry import register_model
-from resnetlab.models.resnet import (
-    HE2015,
-    BasicBlock,
-    Bottleneck,
-    conv3x3,
-    init_weights,
-    projection,
-    zero_init_last_bn,
-)
+from resnetlab.models.registry import register_builder
+from resnetlab.models.resnet import HE2015, BasicBlock, Bottleneck, init_weights, zero_init_last_bn
 
 SHORTCUTS = ("A", "B")
 
@@ -89,20 +86,18 @@ class CifarResNet(nn.Module):
         self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int
     ) -> nn.Sequential:
         layers = []
-        out_planes = planes * block.expansion
+        out = planes * block.expansion
         for s in [stride] + [1] * (blocks - 1):
             if self.shortcut is None:
                 layers.append(BasicBlock(self.inplanes, planes, s, residual=False))
-            elif s == 1 and self.inplanes == out_planes:
+            elif s == 1 and self.inplanes == out:
                 layers.append(block(self.inplanes, planes, s))
             elif self.shortcut == "A":
-                layers.append(
-                    block(self.inplanes, planes, s, ShortcutA(self.inplanes, out_planes, s))
-                )
-            else:
-                downsample = projection(self.inplanes, out_planes, s, nn.BatchNorm2d)
-                layers.append(block(self.inplanes, planes, s, downsample))
-            self.inplanes = out_planes
+                layers.append(block(self.inplanes, planes, s, ShortcutA(self.inplanes, out, s)))
+            else:  # option B, a projection: 1x1 conv and BN, keys downsample.0 and .1
+                projection = nn.Sequential(conv1x1(self.inplanes, out, s), nn.BatchNorm2d(out))
+                layers.append(block(self.inplanes, planes, s, projection))
+            self.inplanes = out
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -121,100 +116,46 @@ class CifarResNet(nn.Module):
         return self.fc(x)
 
 
-def _cifar(depth: int, num_classes: int, in_channels: int, **kwargs) -> CifarResNet:
-    n, rest = divmod(depth - 2, 6)
-    if rest or n < 1:
-        raise UserError(f"a CIFAR ResNet has depth 6n+2, got {depth}")
-    return CifarResNet(BasicBlock, [n, n, n], (16, 32, 64), num_classes, in_channels, **kwargs)
-
-
-def _plain(depth: int, num_classes: int, in_channels: int, **kwargs) -> CifarResNet:
-    if kwargs.pop("shortcut", None) is not None:
-        raise UserError("a plain network has no shortcut to choose")
-    return _cifar(depth, num_classes, in_channels, shortcut=None, **kwargs)
-
-
 _CIFAR = {"family": "cifar", "input_size": (3, 32, 32), "num_classes": 10, "paper": HE2015}
 _PLAIN = {**_CIFAR, "family": "plain"}
-_WIDTHS_X4 = (64, 128, 256, 512)  # the ImageNet stages, for the CIFAR-layout ResNet-18 / 34
 _CIFAR_LAYOUT = {**_CIFAR, "paper": "He et al. 2015, CIFAR variant (3x3 stem, no max-pool)"}
+_WIDTHS_X4 = (64, 128, 256, 512)  # the ImageNet stages, for the CIFAR-layout ResNet-18 / 34
 
 
-@register_model(**_CIFAR)
-def resnet20(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
-    """ResNet-20 (n=3), paper Table 6: 0.27M parameters, 8.75% CIFAR-10 error."""
-    return _cifar(20, num_classes, in_channels, **kwargs)
+def _six_n_plus_2(depth: int) -> partial[CifarResNet]:
+    n = (depth - 2) // 6
+    return partial(CifarResNet, BasicBlock, [n, n, n], (16, 32, 64))
 
 
-@register_model(**_CIFAR)
-def resnet32(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
-    """ResNet-32 (n=5), paper Table 6: 0.46M parameters, 7.51% error."""
-    return _cifar(32, num_classes, in_channels, **kwargs)
+def _resnet(depth: int, doc: str) -> Callable[..., CifarResNet]:
+    return register_builder(f"resnet{depth}", _six_n_plus_2(depth), doc, **_CIFAR)
 
 
-@register_model(**_CIFAR)
-def resnet44(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
-    """ResNet-44 (n=7), paper Table 6: 0.66M parameters, 7.17% error."""
-    return _cifar(44, num_classes, in_channels, **kwargs)
+def _plain(depth: int, doc: str) -> Callable[..., CifarResNet]:
+    def build(num_classes: int, in_channels: int, **kwargs: Any) -> CifarResNet:
+        if kwargs.pop("shortcut", None) is not None:
+            raise UserError("a plain network has no shortcut to choose")
+        return _six_n_plus_2(depth)(num_classes, in_channels, shortcut=None, **kwargs)
+
+    return register_builder(f"plain{depth}", build, doc, **_PLAIN)
 
 
-@register_model(**_CIFAR)
-def resnet56(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
-    """ResNet-56 (n=9), paper Table 6: 0.85M parameters, 6.97% error."""
-    return _cifar(56, num_classes, in_channels, **kwargs)
+def _cifar_layout(depth: int, layers: list[int]) -> Callable[..., CifarResNet]:
+    build = partial(CifarResNet, BasicBlock, layers, _WIDTHS_X4, shortcut="B")
+    doc = f"ResNet-{depth} for 32x32 images: 3x3 stem, no max-pool, projection shortcuts."
+    return register_builder(f"cifar_resnet{depth}", build, doc, **_CIFAR_LAYOUT)
 
 
-@register_model(**_CIFAR)
-def resnet110(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
-    """ResNet-110 (n=18), paper Table 6: 1.7M parameters, 6.43% error (best of 5)."""
-    return _cifar(110, num_classes, in_channels, **kwargs)
-
-
-@register_model(**_CIFAR)
-def resnet1202(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
-    """ResNet-1202 (n=200), paper Table 6: 19.4M parameters, 7.93% error (overfits)."""
-    return _cifar(1202, num_classes, in_channels, **kwargs)
-
-
-@register_model(**_CIFAR_LAYOUT)
-def cifar_resnet18(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
-    """ResNet-18 for 32x32 images: 3x3 stem, no max-pool, projection shortcuts (11.2M)."""
-    kwargs.setdefault("shortcut", "B")
-    return CifarResNet(BasicBlock, [2, 2, 2, 2], _WIDTHS_X4, num_classes, in_channels, **kwargs)
-
-
-@register_model(**_CIFAR_LAYOUT)
-def cifar_resnet34(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
-    """ResNet-34 for 32x32 images: 3x3 stem, no max-pool, projection shortcuts (21.3M)."""
-    kwargs.setdefault("shortcut", "B")
-    return CifarResNet(BasicBlock, [3, 4, 6, 3], _WIDTHS_X4, num_classes, in_channels, **kwargs)
-
-
-@register_model(**_PLAIN)
-def plain20(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
-    """Plain-20: ResNet-20 without shortcuts, paper Fig. 6 (left)."""
-    return _plain(20, num_classes, in_channels, **kwargs)
-
-
-@register_model(**_PLAIN)
-def plain32(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
-    """Plain-32: ResNet-32 without shortcuts, paper Fig. 6 (left)."""
-    return _plain(32, num_classes, in_channels, **kwargs)
-
-
-@register_model(**_PLAIN)
-def plain44(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
-    """Plain-44: ResNet-44 without shortcuts, paper Fig. 6 (left)."""
-    return _plain(44, num_classes, in_channels, **kwargs)
-
-
-@register_model(**_PLAIN)
-def plain56(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
-    """Plain-56: deeper yet worse than plain-20, the degradation of paper Fig. 1 and 6."""
-    return _plain(56, num_classes, in_channels, **kwargs)
-
-
-@register_model(**_PLAIN)
-def plain110(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
-    """Plain-110: the paper reports it fails to train well (Fig. 6, error above 60%)."""
-    return _plain(110, num_classes, in_channels, **kwargs)
+resnet20 = _resnet(20, "ResNet-20 (n=3), paper Table 6.")
+resnet32 = _resnet(32, "ResNet-32 (n=5), paper Table 6.")
+resnet44 = _resnet(44, "ResNet-44 (n=7), paper Table 6.")
+resnet56 = _resnet(56, "ResNet-56 (n=9), paper Table 6.")
+resnet110 = _resnet(110, "ResNet-110 (n=18), paper Table 6, which reports the best of 5 runs.")
+resnet1202 = _resnet(1202, "ResNet-1202 (n=200), paper Table 6: it overfits CIFAR-10.")
+cifar_resnet18 = _cifar_layout(18, [2, 2, 2, 2])
+cifar_resnet34 = _cifar_layout(34, [3, 4, 6, 3])
+plain20 = _plain(20, "Plain-20: ResNet-20 without shortcuts, paper Fig. 6 (left).")
+plain32 = _plain(32, "Plain-32: ResNet-32 without shortcuts, paper Fig. 6 (left).")
+plain44 = _plain(44, "Plain-44: ResNet-44 without shortcuts, paper Fig. 6 (left).")
+plain56 = _plain(56, "Plain-56: deeper than plain-20 yet worse, the degradation of paper Fig. 1.")
+plain110 = _plain(110, "Plain-110: the paper reports it fails to train well (Fig. 6).")

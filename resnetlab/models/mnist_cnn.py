@@ -43,7 +43,7 @@ class MnistCNN(nn.Module):
 def mnist_cnn(
     num_classes: int = 10, in_channels: int = 1, zero_init_residual: bool = False
 ) -> MnistCNN:
-    """LeNet-5-like CNN (44,426 parameters): the smoke-test model for MNIST."""
+    """LeNet-5-like CNN: the smoke-test model, a whole training run on MNIST in seconds."""
     if zero_init_residual:
         raise UserError("zero_init_residual needs residual blocks; mnist_cnn has none")
     return MnistCNN(num_classes, in_channels)

@@ -5,19 +5,35 @@ which lets the 1001-layer network train. The wide ResNets reuse these blocks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 from torch import Tensor, nn
+from torchvision.models.resnet import conv1x1, conv3x3
 
 from resnetlab.errors import UserError
-from resnetlab.models.registry import register_model
-from resnetlab.models.resnet import conv1x1, conv3x3, init_weights, zero_init_last_bn
+from resnetlab.models.registry import register_builder
+from resnetlab.models.resnet import init_weights, zero_init_last_bn
 
 HE2016 = "He et al. 2016, Identity Mappings in Deep Residual Networks (arXiv:1603.05027)"
 
 
-class PreActBasicBlock(nn.Module):
-    """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3, plus the shortcut; no ReLU after the sum.
-    A projection (``downsample``) reads the pre-activated input, as in the paper's code."""
+class _PreActBlock(nn.Module):
+    """BN-ReLU, then the block's ``residual`` branch plus the shortcut, and no ReLU after the
+    sum. A projection (``downsample``) reads the pre-activated input, as in the paper's code."""
+
+    def residual(self, out: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(x))
+        shortcut = self.downsample(out) if self.downsample is not None else x
+        return self.residual(out) + shortcut
+
+
+class PreActBasicBlock(_PreActBlock):
+    """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3."""
 
     expansion: int = 1
 
@@ -37,24 +53,15 @@ class PreActBasicBlock(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = conv3x3(planes, planes)
         self.downsample = downsample
-        self.stride = stride
 
     def last_bn(self) -> nn.Module:
         return self.bn2
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(x))
-        shortcut = self.downsample(out) if self.downsample is not None else x
-
-        out = self.conv1(out)
-        out = self.relu(self.bn2(out))
-        out = self.dropout(out)
-        out = self.conv2(out)
-
-        return out + shortcut
+    def residual(self, out: Tensor) -> Tensor:
+        return self.conv2(self.dropout(self.relu(self.bn2(self.conv1(out)))))
 
 
-class PreActBottleneck(nn.Module):
+class PreActBottleneck(_PreActBlock):
     """BN-ReLU-conv1x1, BN-ReLU-conv3x3 (with the stride), BN-ReLU-conv1x1 to 4x width."""
 
     expansion: int = 4
@@ -67,9 +74,9 @@ class PreActBottleneck(nn.Module):
         downsample: nn.Module | None = None,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
         if dropout > 0:
             raise UserError("dropout is only implemented for the basic (wide) blocks")
+        super().__init__()
         self.bn1 = nn.BatchNorm2d(inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.conv1 = conv1x1(inplanes, planes)
@@ -78,20 +85,13 @@ class PreActBottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes)
         self.conv3 = conv1x1(planes, planes * self.expansion)
         self.downsample = downsample
-        self.stride = stride
 
     def last_bn(self) -> nn.Module:
         return self.bn3
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(x))
-        shortcut = self.downsample(out) if self.downsample is not None else x
-
-        out = self.conv1(out)
-        out = self.conv2(self.relu(self.bn2(out)))
-        out = self.conv3(self.relu(self.bn3(out)))
-
-        return out + shortcut
+    def residual(self, out: Tensor) -> Tensor:
+        out = self.conv2(self.relu(self.bn2(self.conv1(out))))
+        return self.conv3(self.relu(self.bn3(out)))
 
 
 class PreActResNet(nn.Module):
@@ -162,26 +162,14 @@ class PreActResNet(nn.Module):
 _PREACT = {"family": "preact", "input_size": (3, 32, 32), "num_classes": 10, "paper": HE2016}
 
 
-def _preact(block: type, depth: int, num_classes: int, in_channels: int, **kwargs) -> PreActResNet:
-    n, rest = divmod(depth - 2, 9 if block is PreActBottleneck else 6)  # 3 stages of n blocks
-    if rest or n < 1:
-        raise UserError(f"depth {depth} does not fit {block.__name__}s in three stages")
-    return PreActResNet(block, [n, n, n], (16, 32, 64), num_classes, in_channels, **kwargs)
+def _preact(
+    block: type[PreActBasicBlock | PreActBottleneck], depth: int, doc: str
+) -> Callable[..., PreActResNet]:
+    n = (depth - 2) // (9 if block is PreActBottleneck else 6)  # 3 stages of n blocks
+    build = partial(PreActResNet, block, [n, n, n], (16, 32, 64))
+    return register_builder(f"preact_resnet{depth}", build, doc, **_PREACT)
 
 
-@register_model(**_PREACT)
-def preact_resnet110(num_classes: int = 10, in_channels: int = 3, **kwargs) -> PreActResNet:
-    """Pre-activation ResNet-110 (basic blocks, 1.7M): 6.37% CIFAR-10 error, paper Table 2."""
-    return _preact(PreActBasicBlock, 110, num_classes, in_channels, **kwargs)
-
-
-@register_model(**_PREACT)
-def preact_resnet164(num_classes: int = 10, in_channels: int = 3, **kwargs) -> PreActResNet:
-    """Pre-activation ResNet-164 (bottlenecks, 1.7M): 5.46% CIFAR-10 error, paper Table 3."""
-    return _preact(PreActBottleneck, 164, num_classes, in_channels, **kwargs)
-
-
-@register_model(**_PREACT)
-def preact_resnet1001(num_classes: int = 10, in_channels: int = 3, **kwargs) -> PreActResNet:
-    """Pre-activation ResNet-1001 (bottlenecks, 10.2M): 4.92% CIFAR-10 error, paper Table 3."""
-    return _preact(PreActBottleneck, 1001, num_classes, in_channels, **kwargs)
+preact_resnet110 = _preact(PreActBasicBlock, 110, "Pre-activation ResNet-110, paper Table 2.")
+preact_resnet164 = _preact(PreActBottleneck, 164, "Pre-activation ResNet-164, paper Table 3.")
+preact_resnet1001 = _preact(PreActBottleneck, 1001, "Pre-activation ResNet-1001, paper Table 3.")

@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -27,6 +28,7 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+M = TypeVar("M", bound=nn.Module)
 
 
 def register_model(
@@ -42,6 +44,29 @@ def register_model(
         return builder
 
     return decorate
+
+
+def register_builder(
+    name: str,
+    build: Callable[..., M],
+    doc: str,
+    family: str,
+    input_size: tuple[int, int, int],
+    num_classes: int,
+    paper: str,
+) -> Callable[..., M]:
+    """Register ``build(num_classes, in_channels, **kwargs)`` as the builder ``name``, with the
+    entry's defaults: a family declares its models as a table, one line each."""
+
+    def builder(
+        num_classes: int = num_classes, in_channels: int = input_size[0], **kwargs: Any
+    ) -> M:
+        return build(num_classes, in_channels, **kwargs)
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc
+    register_model(family, input_size, num_classes, paper)(builder)
+    return builder
 
 
 def model_depth(model: str) -> int:
@@ -79,9 +104,10 @@ def create_model(
     state_dict = None
     if weights is not None:
         state_dict, meta = weights_format.read_weights(weights)
-        num_classes, in_channels, kwargs = weights_format.meta_defaults(
-            name, meta, num_classes, in_channels, kwargs
-        )
+        if meta.get("model") == name:  # our own file: its architecture, unless told otherwise
+            num_classes = meta.get("num_classes") if num_classes is None else num_classes
+            in_channels = meta.get("in_channels") if in_channels is None else in_channels
+            kwargs = {**(meta.get("model_kwargs") or {}), **kwargs}
     for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if value is not None and value < 1:
             raise UserError(f"{key} must be at least 1, got {value}")

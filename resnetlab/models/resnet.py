@@ -1,49 +1,24 @@
-"""ImageNet-style residual networks (He et al. 2015) in torchvision's "V1.5" layout (the
-bottleneck's stride on its 3x3), with torchvision's attribute names so its state_dicts load
-strictly. The helpers and blocks here serve the CIFAR and plain networks too.
+"""ImageNet-style residual networks (He et al. 2015) on torchvision's own blocks, layer builder
+and forward: its attribute names are the checkpoint format, so its state_dicts load strictly.
+The helpers and blocks here serve the CIFAR and plain networks too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-import torch
 from torch import Tensor, nn
+from torchvision.models import resnet
 
 from resnetlab.errors import UserError
-from resnetlab.models.registry import register_model
+from resnetlab.models.registry import register_builder
 
 HE2015 = "He et al. 2015, Deep Residual Learning (arXiv:1512.03385)"
 ZAGORUYKO2016 = "Zagoruyko & Komodakis 2016, Wide Residual Networks (arXiv:1605.07146)"
 XIE2017 = "Xie et al. 2017, Aggregated Residual Transformations (arXiv:1611.05431)"
 
 NormLayer = Callable[[int], nn.Module]
-
-
-def conv3x3(
-    in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1
-) -> nn.Conv2d:
-    """3x3 convolution with "same" padding; no bias because a BatchNorm follows."""
-    return nn.Conv2d(
-        in_planes,
-        out_planes,
-        kernel_size=3,
-        stride=stride,
-        padding=dilation,
-        groups=groups,
-        bias=False,
-        dilation=dilation,
-    )
-
-
-def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    """1x1 convolution: bottleneck reductions and projection shortcuts."""
-    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
-
-
-def projection(in_planes: int, out_planes: int, stride: int, norm_layer: NormLayer) -> nn.Module:
-    """Projection shortcut (the paper's option B): 1x1 conv + BN, keys downsample.0 / .1."""
-    return nn.Sequential(conv1x1(in_planes, out_planes, stride), norm_layer(out_planes))
 
 
 def init_weights(model: nn.Module) -> None:
@@ -67,10 +42,9 @@ def zero_init_last_bn(model: nn.Module) -> None:
             nn.init.constant_(last().weight, 0)
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs plus a shortcut; ``residual=False`` gives the paper's plain block."""
-
-    expansion: int = 1
+class BasicBlock(resnet.BasicBlock):
+    """torchvision's two 3x3 convs plus a shortcut; ``residual=False`` gives the paper's plain
+    block (the same keys, no addition)."""
 
     def __init__(
         self,
@@ -84,97 +58,35 @@ class BasicBlock(nn.Module):
         norm_layer: NormLayer | None = None,
         residual: bool = True,
     ) -> None:
-        super().__init__()
-        norm_layer = norm_layer or nn.BatchNorm2d
         if groups != 1 or base_width != 64:
             raise UserError("BasicBlock supports only groups=1 and base_width=64")
         if dilation > 1:
             raise UserError("dilation > 1 is not supported in BasicBlock")
         if downsample is not None and not residual:
             raise ValueError("a plain block has no shortcut to downsample")
-        self.conv1 = conv3x3(inplanes, planes, stride)
-        self.bn1 = norm_layer(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes)
-        self.bn2 = norm_layer(planes)
-        self.downsample = downsample
-        self.stride = stride
+        super().__init__(inplanes, planes, stride, downsample, norm_layer=norm_layer)
         self.residual = residual
 
     def last_bn(self) -> nn.Module:
         return self.bn2
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x
-
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
-
-        out = self.conv2(out)
-        out = self.bn2(out)
-
         if self.residual:
-            if self.downsample is not None:
-                identity = self.downsample(x)
-            out = out + identity
-        return self.relu(out)
+            return super().forward(x)
+        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
 
 
-class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (carrying the stride: "V1.5"), 1x1 expand by ``expansion``."""
-
-    expansion: int = 4
-
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        groups: int = 1,
-        base_width: int = 64,
-        dilation: int = 1,
-        norm_layer: NormLayer | None = None,
-    ) -> None:
-        super().__init__()
-        norm_layer = norm_layer or nn.BatchNorm2d
-        width = int(planes * (base_width / 64.0)) * groups
-        self.conv1 = conv1x1(inplanes, width)
-        self.bn1 = norm_layer(width)
-        self.conv2 = conv3x3(width, width, stride, groups, dilation)
-        self.bn2 = norm_layer(width)
-        self.conv3 = conv1x1(width, planes * self.expansion)
-        self.bn3 = norm_layer(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.stride = stride
+class Bottleneck(resnet.Bottleneck):
+    """torchvision's 1x1 reduce, 3x3 (carrying the stride: "V1.5"), 1x1 expand by 4."""
 
     def last_bn(self) -> nn.Module:
         return self.bn3
 
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x
 
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
-
-        out = self.conv2(out)
-        out = self.bn2(out)
-        out = self.relu(out)
-
-        out = self.conv3(out)
-        out = self.bn3(out)
-
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out = out + identity
-        return self.relu(out)
-
-
-class ResNet(nn.Module):
-    """The ImageNet network: 7x7/2 stem, 3x3/2 max-pool, four stages, average pool, fc."""
+class ResNet(resnet.ResNet):
+    """torchvision's network (7x7/2 stem, max-pool, four stages, average pool, fc) with
+    ``in_channels``. The stem is built with them rather than swapped in afterwards, which would
+    draw other random numbers: so every seed gives torchvision's weights, draw for draw."""
 
     def __init__(
         self,
@@ -188,7 +100,7 @@ class ResNet(nn.Module):
         replace_stride_with_dilation: list[bool] | None = None,
         norm_layer: NormLayer | None = None,
     ) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # not torchvision's __init__: its stem has 3 channels
         self._norm_layer = norm_layer or nn.BatchNorm2d
         self.inplanes = 64
         self.dilation = 1
@@ -213,104 +125,39 @@ class ResNet(nn.Module):
         if zero_init_residual:
             zero_init_last_bn(self)
 
-    def _make_layer(
-        self,
-        block: type[BasicBlock | Bottleneck],
-        planes: int,
-        blocks: int,
-        stride: int = 1,
-        dilate: bool = False,
-    ) -> nn.Sequential:
-        norm_layer = self._norm_layer
-        downsample = None
-        previous_dilation = self.dilation
-        if dilate:
-            self.dilation *= stride
-            stride = 1
-        if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = projection(self.inplanes, planes * block.expansion, stride, norm_layer)
-
-        shared = {"groups": self.groups, "base_width": self.base_width, "norm_layer": norm_layer}
-        layers = [
-            block(self.inplanes, planes, stride, downsample, dilation=previous_dilation, **shared)
-        ]
-        self.inplanes = planes * block.expansion
-        for _ in range(1, blocks):
-            layers.append(block(self.inplanes, planes, dilation=self.dilation, **shared))
-        return nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.conv1(x)
-        x = self.bn1(x)
-        x = self.relu(x)
-        x = self.maxpool(x)
-
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        x = self.layer4(x)
-
-        x = self.avgpool(x)
-        x = torch.flatten(x, 1)
-        return self.fc(x)
-
 
 _IMAGENET = {"family": "imagenet", "input_size": (3, 224, 224), "num_classes": 1000}
+_LAYERS = {
+    18: [2, 2, 2, 2],
+    34: [3, 4, 6, 3],
+    50: [3, 4, 6, 3],
+    101: [3, 4, 23, 3],
+    152: [3, 8, 36, 3],
+}
 
 
-@register_model(**_IMAGENET, paper=HE2015)
-def resnet18(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNet-18, paper Table 1 (11.7M parameters, 1.8G MACs)."""
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, **kwargs)
+def _imagenet(name: str, depth: int, paper: str, doc: str, **fixed: int) -> Callable[..., ResNet]:
+    """Register a network of paper Table 1's depths; ``fixed`` arguments win over the caller's
+    and fill in the docstring."""
+    block = BasicBlock if depth < 50 else Bottleneck
+
+    def build(num_classes: int, in_channels: int, **kwargs: Any) -> ResNet:
+        return ResNet(block, _LAYERS[depth], num_classes, in_channels, **{**kwargs, **fixed})
+
+    return register_builder(name, build, doc.format(depth=depth, **fixed), paper=paper, **_IMAGENET)
 
 
-@register_model(**_IMAGENET, paper=HE2015)
-def resnet34(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNet-34, paper Table 1 (21.8M parameters, 3.6G MACs)."""
-    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_channels, **kwargs)
-
-
-@register_model(**_IMAGENET, paper=HE2015)
-def resnet50(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNet-50, paper Table 1 (25.6M parameters, 4.1G MACs in the V1.5 layout)."""
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, **kwargs)
-
-
-@register_model(**_IMAGENET, paper=HE2015)
-def resnet101(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNet-101, paper Table 1 (44.5M parameters, 7.8G MACs)."""
-    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels, **kwargs)
-
-
-@register_model(**_IMAGENET, paper=HE2015)
-def resnet152(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNet-152, paper Table 1 (60.2M parameters, 11.5G MACs)."""
-    return ResNet(Bottleneck, [3, 8, 36, 3], num_classes, in_channels, **kwargs)
-
-
-@register_model(**_IMAGENET, paper=ZAGORUYKO2016)
-def wide_resnet50_2(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """Wide ResNet-50-2: ResNet-50 with bottlenecks twice as wide (68.9M parameters)."""
-    kwargs["width_per_group"] = 64 * 2
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, **kwargs)
-
-
-@register_model(**_IMAGENET, paper=ZAGORUYKO2016)
-def wide_resnet101_2(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """Wide ResNet-101-2: ResNet-101 with bottlenecks twice as wide (126.9M parameters)."""
-    kwargs["width_per_group"] = 64 * 2
-    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels, **kwargs)
-
-
-@register_model(**_IMAGENET, paper=XIE2017)
-def resnext50_32x4d(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNeXt-50 (32x4d): 32 groups of 4 channels in the first stage's 3x3 (25.0M)."""
-    kwargs.update(groups=32, width_per_group=4)
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, **kwargs)
-
-
-@register_model(**_IMAGENET, paper=XIE2017)
-def resnext101_32x8d(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNeXt-101 (32x8d): 32 groups of 8 channels in the first stage's 3x3 (88.8M)."""
-    kwargs.update(groups=32, width_per_group=8)
-    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels, **kwargs)
+_TABLE1 = "ResNet-{depth} of paper Table 1."
+_WIDE = "ResNet-{depth} with bottlenecks twice as wide."
+_RESNEXT = "ResNeXt-{depth}: {groups} groups of {width_per_group} channels in stage 1's 3x3s."
+resnet18 = _imagenet("resnet18", 18, HE2015, _TABLE1)
+resnet34 = _imagenet("resnet34", 34, HE2015, _TABLE1)
+resnet50 = _imagenet("resnet50", 50, HE2015, _TABLE1)
+resnet101 = _imagenet("resnet101", 101, HE2015, _TABLE1)
+resnet152 = _imagenet("resnet152", 152, HE2015, _TABLE1)
+wide_resnet50_2 = _imagenet("wide_resnet50_2", 50, ZAGORUYKO2016, _WIDE, width_per_group=128)
+wide_resnet101_2 = _imagenet("wide_resnet101_2", 101, ZAGORUYKO2016, _WIDE, width_per_group=128)
+resnext50_32x4d = _imagenet("resnext50_32x4d", 50, XIE2017, _RESNEXT, groups=32, width_per_group=4)
+resnext101_32x8d = _imagenet(
+    "resnext101_32x8d", 101, XIE2017, _RESNEXT, groups=32, width_per_group=8
+)

@@ -34,8 +34,9 @@ def model_table(family: str | None = None) -> list[dict[str, object]]:
 
 
 def format_table(rows: list[dict[str, object]]) -> str:
+    """Aligned columns under a ruled header."""
     header = ("model", "family", "parameters", "input", "classes", "paper")
-    cells = [
+    cells = [header] + [
         (
             str(r["name"]),
             str(r["family"]),
@@ -46,16 +47,12 @@ def format_table(rows: list[dict[str, object]]) -> str:
         )
         for r in rows
     ]
-    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
-    right = {2, 4}  # numbers align right
-
-    def line(cols: tuple[str, ...]) -> str:
-        parts = [
-            c.rjust(w) if i in right else c.ljust(w)
+    widths = [max(len(c) for c in column) for column in zip(*cells, strict=True)]
+    cells.insert(1, tuple("-" * w for w in widths))
+    return "\n".join(
+        "  ".join(
+            c.rjust(w) if i in (2, 4) else c.ljust(w)  # numbers align right
             for i, (c, w) in enumerate(zip(cols, widths, strict=True))
-        ]
-        return "  ".join(parts).rstrip()
-
-    out = [line(header), line(tuple("-" * w for w in widths))]
-    out += [line(c) for c in cells]
-    return "\n".join(out)
+        ).rstrip()
+        for cols in cells
+    )

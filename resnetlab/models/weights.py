@@ -244,25 +244,6 @@ def _count(items: list[str], what: str, plural: str = "s") -> str:
     return f"{len(items)} {what}{plural if len(items) > 1 else ''} ({', '.join(items[:4])}{more})"
 
 
-def meta_defaults(
-    name: str,
-    meta: Mapping[str, Any],
-    num_classes: int | None,
-    in_channels: int | None,
-    kwargs: dict[str, Any],
-) -> tuple[int | None, int | None, dict[str, Any]]:
-    """Architecture arguments for ``create_model(name, weights=...)`` from the file's meta, so
-    ``create_model("resnet20", weights=cifar100_run)`` needs no ``num_classes``; explicit
-    arguments still win (and a real mismatch fails the strict load)."""
-    if meta.get("model") != name:
-        return num_classes, in_channels, kwargs
-    if num_classes is None:
-        num_classes = meta.get("num_classes")
-    if in_channels is None:
-        in_channels = meta.get("in_channels")
-    return num_classes, in_channels, {**(meta.get("model_kwargs") or {}), **kwargs}
-
-
 def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict]:

@@ -4,9 +4,11 @@ network with (d-4)/6 basic blocks per stage, k times as wide (16k/32k/64k), opti
 
 from __future__ import annotations
 
+from functools import partial
+
 from resnetlab.errors import UserError
 from resnetlab.models.preact_resnet import PreActBasicBlock, PreActResNet
-from resnetlab.models.registry import register_model
+from resnetlab.models.registry import register_builder
 from resnetlab.models.resnet import ZAGORUYKO2016
 
 
@@ -25,7 +27,6 @@ def wide_resnet_cifar(
     )
 
 
-@register_model(family="wide", input_size=(3, 32, 32), num_classes=10, paper=ZAGORUYKO2016)
-def wrn28_10(num_classes: int = 10, in_channels: int = 3, **kwargs) -> PreActResNet:
-    """WRN-28-10 (36.5M): 4.00% CIFAR-10 error, 3.89% with dropout 0.3 (paper Table 4/6)."""
-    return wide_resnet_cifar(28, 10, num_classes, in_channels, **kwargs)
+_WIDE = {"family": "wide", "input_size": (3, 32, 32), "num_classes": 10, "paper": ZAGORUYKO2016}
+_WRN28_10 = "WRN-28-10 of paper Tables 4 and 6; ``dropout=0.3`` gives its variant with dropout."
+wrn28_10 = register_builder("wrn28_10", partial(wide_resnet_cifar, 28, 10), _WRN28_10, **_WIDE)
