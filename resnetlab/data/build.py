@@ -15,9 +15,8 @@ from resnetlab.data.bundle import DataBundle
 from resnetlab.data.folder import build_folder_loaders
 from resnetlab.data.in_memory import AUGMENTS, InMemoryLoader
 from resnetlab.data.info import get_info
-from resnetlab.data.order import check_positive
+from resnetlab.data.order import check_positive, holdout_split
 from resnetlab.data.root import resolve_root
-from resnetlab.data.split import holdout_split
 from resnetlab.errors import UserError
 
 

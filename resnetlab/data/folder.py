@@ -24,8 +24,7 @@ from torchvision.transforms import v2
 
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.info import FOLDER_MEAN, FOLDER_STD
-from resnetlab.data.order import AUGMENT_STREAM, EpochShards, seed_of
-from resnetlab.data.split import holdout_split
+from resnetlab.data.order import AUGMENT_STREAM, EpochShards, holdout_split, seed_of
 from resnetlab.errors import UserError
 
 

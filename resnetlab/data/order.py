@@ -1,5 +1,6 @@
 """Which samples a rank sees, in which order: a pure function of (seed, epoch, rank), so a run
-resumes exactly and ranks share an epoch without talking (as DistributedSampler, unpadded)."""
+resumes exactly and ranks share an epoch without talking (as DistributedSampler, unpadded);
+the validation split is a function of the seed alone, so runs with one seed compare."""
 
 from __future__ import annotations
 
@@ -28,6 +29,14 @@ def generator(*key: int) -> torch.Generator:
 ORDER_STREAM = 0
 AUGMENT_STREAM = 1
 SPLIT_STREAM = 2
+
+
+def holdout_split(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices), both sorted, disjoint, covering ``range(n)``."""
+    if val_size < 0 or val_size >= n:
+        raise UserError(f"--val-split must be between 0 and {n - 1} (the training set has {n})")
+    perm = torch.randperm(n, generator=generator(SPLIT_STREAM, seed))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
 def check_positive(**numbers: int) -> None:
