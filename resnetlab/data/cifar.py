@@ -10,19 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.datasets as tvd
 
 from resnetlab.data.info import DATASETS, DataWarning
-from resnetlab.data.root import missing_error, tv_download
+from resnetlab.data.root import TV_CLASSES, locate, missing_error
 from resnetlab.data.safe_pickle import safe_load
 from resnetlab.errors import UserError
-
-TV_CLASSES = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}
-
-
-def base_folder(name: str, root: Path) -> Path:
-    """``root/cifar-10-batches-py`` or ``root/cifar-100-python``, torchvision's names."""
-    return Path(root) / TV_CLASSES[name].base_folder
 
 
 class ChecksumWarning(DataWarning):
@@ -53,39 +45,30 @@ def read_batch(
             keys = ", ".join(repr(k) for k in entry)  # repr: keys may hold any character
             raise UserError(f"{path}: no {key!r} entry (keys: {keys[:200]})")
     data = entry["data"]
-    h, w = info.image_size
+    size = 3 * info.image_size[0] * info.image_size[1]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         kind = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data)
-        raise UserError(f"{path}: 'data' must be a uint8 [N, {3 * h * w}] array, found {kind}")
-    if data.shape[1] != 3 * h * w:
-        raise UserError(f"{path}: 'data' rows hold {data.shape[1]} values, expected {3 * h * w}")
+        raise UserError(f"{path}: 'data' must be a uint8 [N, {size}] array, found {kind}")
+    if data.shape[1] != size:
+        raise UserError(f"{path}: 'data' rows hold {data.shape[1]} values, expected {size}")
     try:
         labels = np.asarray(entry[label_key])
     except Exception:
         raise UserError(f"{path}: {label_key!r} is not a list of integers") from None
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise UserError(f"{path}: {label_key!r} is not a list of integers")
-    if len(labels) != len(data):
-        raise UserError(f"{path}: {len(labels)} labels for {len(data)} images")
-    if len(labels) and (labels.min() < 0 or labels.max() >= info.num_classes):
-        bad = int(labels.min() if labels.min() < 0 else labels.max())
-        raise UserError(f"{path}: label {bad} out of range 0..{info.num_classes - 1}")
-    return data.reshape(-1, 3, h, w), labels.astype(np.int64), md5_ok
+    info.check_labels(path, labels, len(data))
+    return data.reshape(-1, 3, *info.image_size), labels.astype(np.int64), md5_ok
 
 
 def load_cifar(
     name: str, root: Path, train: bool, download_missing: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 ``[N, 3, 32, 32]`` and labels int64 ``[N]`` of CIFAR-10 or CIFAR-100."""
-    info = DATASETS[name]
-    folder = base_folder(name, root)
     cls = TV_CLASSES[name]
+    folder = Path(root) / cls.base_folder
     files = cls.train_list if train else cls.test_list  # (filename, md5) of the release
-    paths = [folder / f for f, _ in files]
-    if not all(p.is_file() for p in paths) and download_missing:
-        tv_download(cls, name, root)
-    if not all(p.is_file() for p in paths):
-        raise missing_error(name, paths)
+    paths = locate(name, root, [folder / f for f, _ in files], download_missing)
     parts = [read_batch(p, name, md5) for p, (_, md5) in zip(paths, files, strict=True)]
     differ = [p.name for p, (_, _, ok) in zip(paths, parts, strict=True) if not ok]
     if differ:
@@ -96,21 +79,14 @@ def load_cifar(
             stacklevel=2,
         )
     images = np.concatenate([x for x, _, _ in parts])
-    labels = np.concatenate([y for _, y, _ in parts])
-    expected_n = info.num_train if train else info.num_test
-    if len(images) != expected_n:
-        warnings.warn(
-            f"{folder}: {len(images)} images, the official release has {expected_n}",
-            DataWarning,
-            stacklevel=2,
-        )
-    return torch.from_numpy(images), torch.from_numpy(labels)
+    DATASETS[name].check_count(folder, len(images), train)
+    return torch.from_numpy(images), torch.from_numpy(np.concatenate([y for _, y, _ in parts]))
 
 
 def cifar_classes(name: str, root: Path) -> list[str]:
     """The class names in the release's meta file, as torchvision reads them."""
     meta = TV_CLASSES[name].meta  # {"filename", "key", "md5"}
-    path = base_folder(name, root) / meta["filename"]
+    path = Path(root) / TV_CLASSES[name].base_folder / meta["filename"]
     if not path.is_file():
         raise missing_error(name, [path])
     names = _read_dict(path)[1].get(meta["key"])

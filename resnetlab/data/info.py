@@ -3,7 +3,10 @@ and std are the published per-channel statistics of each training set (pixels in
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+
+import numpy as np
 
 from resnetlab.errors import UserError
 
@@ -24,6 +27,21 @@ class DatasetInfo:
     std: tuple[float, ...]
     num_train: int
     num_test: int
+
+    def check_labels(self, source: object, labels: np.ndarray, num_images: int) -> None:
+        """One line naming ``source`` unless ``labels`` hold one class index per image."""
+        if len(labels) != num_images:
+            raise UserError(f"{source}: {len(labels)} labels for {num_images} images")
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            bad = int(labels.min() if labels.min() < 0 else labels.max())
+            raise UserError(f"{source}: label {bad} out of range 0..{self.num_classes - 1}")
+
+    def check_count(self, source: object, num_images: int, train: bool) -> None:
+        """Warns when a split's size differs from the official release's."""
+        expected = self.num_train if train else self.num_test
+        if num_images != expected:
+            message = f"{source}: {num_images} images, the official release has {expected}"
+            warnings.warn(message, DataWarning, stacklevel=3)  # shown at load_arrays
 
 
 DATASETS: dict[str, DatasetInfo] = {

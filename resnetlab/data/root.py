@@ -1,5 +1,5 @@
 """Where datasets live: one torchvision-style root shared by every tool, so users can point
-resnetlab at data torchvision already downloaded."""
+resnetlab at data torchvision already downloaded, and only torchvision's download fills it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import torchvision.datasets as tvd
+
 from resnetlab.errors import UserError
 
 ENV_VAR = "RESNETLAB_DATA"
+TV_CLASSES = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}
+TV_CLASSES |= {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}
 
 
 def default_data_root() -> Path:
@@ -23,6 +27,25 @@ def resolve_root(data_path: str | os.PathLike | None) -> Path:
     return default_data_root() if data_path is None else Path(data_path).expanduser()
 
 
+def locate(
+    name: str, root: Path, files: Sequence[Path], download: bool, *suffixes: str
+) -> list[Path]:
+    """Each of ``files``, or the first of its variants ending in ``suffixes`` that exists;
+    if some are missing, ``download`` fetches them first."""
+
+    def found() -> list[Path | None]:
+        variants = [[f.with_name(f.name + s) for s in ("", *suffixes)] for f in files]
+        return [next((p for p in v if p.is_file()), None) for v in variants]
+
+    paths = found()
+    if None in paths and download:
+        tv_download(name, root)
+        paths = found()
+    if None in paths:
+        raise missing_error(name, files)
+    return [p for p in paths if p]
+
+
 def missing_error(name: str, expected: Sequence[Path]) -> UserError:
     """One line naming what is missing and the three ways to fix it."""
     shown = ", ".join(str(p) for p in expected[:3])
@@ -34,10 +57,10 @@ def missing_error(name: str, expected: Sequence[Path]) -> UserError:
     )
 
 
-def tv_download(tv_class: type, name: str, root: Path) -> None:
+def tv_download(name: str, root: Path) -> None:
     """torchvision's download step alone (with its mirrors and MD5 checks): its constructor
     would also unpickle the files."""
-    ds = tv_class.__new__(tv_class)
+    ds = TV_CLASSES[name].__new__(TV_CLASSES[name])
     ds.root = str(root)
     try:
         ds.download()
