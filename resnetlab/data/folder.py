@@ -8,7 +8,6 @@ augmentation does not depend on the number of workers.
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -17,14 +16,13 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
+from torchvision.datasets.folder import pil_loader
 from torchvision.transforms import v2
 
-from resnetlab.data.bundle import DataBundle
 from resnetlab.data.info import FOLDER_MEAN, FOLDER_STD
-from resnetlab.data.order import AUGMENT_STREAM, EpochShards, holdout_split, seed_of
+from resnetlab.data.order import AUGMENT_STREAM, EpochShards, seed_of
 from resnetlab.errors import UserError
 
 
@@ -41,14 +39,11 @@ class ClassFolder(ImageFolder):
     def __init__(
         self,
         root: str | Path,
-        classes: Sequence[str] | None = None,
-        transform: Any = None,
+        classes: Sequence[str] | None,
+        transform: v2.Compose,
         allow_empty: bool = False,
     ) -> None:
         self._fixed = list(classes) if classes is not None else None
-        self.seed = 0
-        self.epoch = 0
-        self.augmenting = False
         try:
             super().__init__(
                 str(root), transform=transform, loader=pil_loader, allow_empty=allow_empty
@@ -71,30 +66,25 @@ class ClassFolder(ImageFolder):
             )
         return classes, {c: i for i, c in enumerate(classes)}
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, key: int | tuple[int, int, int]) -> Any:
+        """Sample ``index``, or with key ``(index, seed, epoch)`` its random transforms seeded
+        from that key (v2's draw from the global RNG, forked here)."""
+        index, *stream = key if isinstance(key, tuple) else (key,)
         path, target = self.samples[index]
         try:
             image = self.loader(path)  # torchvision's PIL loader decodes the whole file
         except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... on bad files
             return BadImage(path, f"{type(e).__name__}: {e}".splitlines()[0])
-        if self.transform is None:
-            return image, target
-        if not self.augmenting:
-            return self.transform(image), target
-        # The global RNG is what v2's random transforms draw from; seed it per sample.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_of(AUGMENT_STREAM, self.seed, self.epoch, index))
+        with torch.random.fork_rng(devices=[], enabled=bool(stream)):
+            if stream:
+                torch.manual_seed(seed_of(AUGMENT_STREAM, *stream, index))
             return self.transform(image), target
 
 
 def _collate(items: list[Any]) -> tuple[Tensor | None, Tensor | None, list[BadImage]]:
     bad = [it for it in items if isinstance(it, BadImage)]
     good = [it for it in items if not isinstance(it, BadImage)]
-    if not good:
-        return None, None, bad
-    x = torch.stack([torch.as_tensor(img) for img, _ in good])
-    y = torch.tensor([t for _, t in good], dtype=torch.int64)
-    return x, y, bad
+    return (*default_collate(good), bad) if good else (None, None, bad)
 
 
 def _compose(geometric: list[Any], *after: Any) -> v2.Compose:
@@ -172,14 +162,13 @@ class FolderLoader(EpochShards):
         return self.subset[pos] if self.subset is not None else pos
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        dataset = self.dataset
-        if self.train:  # workers receive this copy when the iterator starts
-            dataset = copy.copy(dataset)
-            dataset.seed, dataset.epoch, dataset.augmenting = self.seed, self.epoch, True
+        keys: list[Any] = self.indices().tolist()
+        if self.train:  # each sample's augmentation is a function of its key alone
+            keys = [(i, self.seed, self.epoch) for i in keys]
         loader = DataLoader(
-            dataset,
+            self.dataset,
             batch_size=self.batch_size,
-            sampler=self.indices().tolist(),
+            sampler=keys,
             num_workers=self.workers,
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
@@ -222,67 +211,3 @@ def folder_layout(root: Path) -> tuple[Path, Path | None, Path | None]:
         test = root / "test" if (root / "test").is_dir() else None
         return root / "train", val, test
     return root, None, None
-
-
-def build_folder_loaders(
-    root: Path,
-    *,
-    batch_size: int,
-    eval_batch_size: int,
-    val_split: int,
-    seed: int,
-    augment: str,
-    drop_last: bool,
-    workers: int,
-    image_size: int,
-    resize_size: int,
-    skip_bad_images: bool,
-    classes: Sequence[str] | None,
-    **placement: Any,
-) -> DataBundle:
-    """The folder half of `build_loaders` (see there for the arguments); ``placement`` holds
-    FolderLoader's device, dtype, channels_last, rank and world_size."""
-    if image_size <= 0 or resize_size <= 0:
-        raise UserError("image-size and resize-size must be positive")
-    if resize_size < image_size:
-        raise UserError(f"resize-size {resize_size} is smaller than image-size {image_size}")
-    train_dir, val_dir, test_dir = folder_layout(Path(root))
-    augmenting = train_transform(augment, image_size, resize_size)
-    train_set = ClassFolder(train_dir, classes, augmenting, allow_empty=classes is not None)
-    class_list = list(train_set.classes)
-    ev = eval_transform(image_size, resize_size)
-    common = dict(seed=seed, workers=workers, skip_bad_images=skip_bad_images, **placement)
-
-    def eval_loader(folder: Path) -> FolderLoader:
-        ds = ClassFolder(folder, class_list, ev, allow_empty=True)
-        return FolderLoader(ds, batch_size=eval_batch_size, train=False, **common)
-
-    train_subset = val = None
-    if val_split:
-        train_subset, val_idx = holdout_split(len(train_set), val_split, seed)
-        held_out = copy.copy(train_set)  # same file list, evaluation transforms
-        held_out.transform = ev
-        val = FolderLoader(held_out, val_idx, batch_size=eval_batch_size, train=False, **common)
-        # The held-out part is the validation set; an existing val/ then serves as test.
-        test_dir = test_dir or val_dir
-    elif val_dir is not None:
-        val = eval_loader(val_dir)
-    test = eval_loader(test_dir) if test_dir is not None else None
-    train = FolderLoader(
-        train_set, train_subset, batch_size=batch_size, train=True, drop_last=drop_last, **common
-    )
-    return DataBundle(
-        train=train,
-        val=val,
-        test=test,
-        num_classes=len(class_list),
-        in_channels=3,
-        classes=class_list,
-        mean=FOLDER_MEAN,
-        std=FOLDER_STD,
-        input_size=(3, image_size, image_size),
-        resize_size=resize_size,
-    )
-
-
-__all__ = ["IMG_EXTENSIONS", "BadImage", "ClassFolder", "FolderLoader", "build_folder_loaders"]
