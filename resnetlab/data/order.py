@@ -12,9 +12,7 @@ from resnetlab.errors import UserError
 
 def seed_of(*key: int) -> int:
     """A 63-bit seed hashed from the whole tuple: (seed=0, epoch=1) and (seed=1, epoch=0)
-    give unrelated streams, which ``seed + epoch`` would not."""
-    if any(k < 0 for k in key):
-        raise ValueError(f"seed keys must be non-negative, got {key}")
+    give unrelated streams, which ``seed + epoch`` would not (negative keys: numpy's ValueError)."""
     state = np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0]
     return int(state) & 0x7FFF_FFFF_FFFF_FFFF
 
