@@ -1,20 +1,62 @@
-"""CIFAR-10 and CIFAR-100 from the official python pickles, read with `safe_pickle` and every
-file's structure checked; an MD5 other than torchvision's only warns (re-encoded copies differ in
-``filenames``)."""
+"""CIFAR-10 and CIFAR-100 from the official python pickles, every file's structure checked; an
+MD5 other than torchvision's only warns (re-encoded copies differ in ``filenames``).
+
+`pickle.load` on a tampered file runs arbitrary code, so the unpickler here resolves only the
+globals a pickled numpy array needs, and any other payload is refused.
+"""
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import io
+import pickle
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from resnetlab.data.info import DATASETS, DataWarning
-from resnetlab.data.root import TV_CLASSES, locate, missing_error
-from resnetlab.data.safe_pickle import safe_load
+from resnetlab.data.root import TV_CLASSES, locate
 from resnetlab.errors import UserError
+
+# numpy < 2 pickles name `numpy.core.*`, numpy >= 2 `numpy._core.*`; Python 3 protocol-2
+# pickles of bytes use `_codecs.encode`, protocol 5 arrays `numeric._frombuffer`.
+_ALLOWED: dict[tuple[str, str], Any] = {("_codecs", "encode"): codecs.encode}
+for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    _ALLOWED[(_mod, "_reconstruct")] = np.ndarray.__reduce__(np.zeros(0))[0]
+    _ALLOWED[(_mod, "scalar")] = np.int64(0).__reduce__()[0]
+for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
+    _ALLOWED[(_mod, "_frombuffer")] = np.zeros(1).__reduce_ex__(5)[0]
+for _mod in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray"):
+    _ALLOWED[(_mod, "dtype")] = np.dtype
+    _ALLOWED[(_mod, "ndarray")] = np.ndarray
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Refuses every global outside the numpy-array allow-list."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        """The only door to globals in a pickle: the allow-list or an error."""
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"forbidden global {module}.{name}") from None
+
+
+def safe_load(data: bytes, source: str) -> Any:
+    """Unpickle ``data`` (Py2 ``str`` read as latin-1, as torchvision does); any failure,
+    refused or malformed, is one line naming ``source``."""
+    try:
+        return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except Exception as e:  # anything a malformed stream can raise is a data error
+        reason = " ".join(str(e).split())  # some unpickling messages span lines
+        if isinstance(e, pickle.UnpicklingError):
+            raise UserError(f"{source}: refused or corrupt pickle ({reason})") from None
+        reason = "truncated" if isinstance(e, EOFError) else f"{type(e).__name__}: {reason}"
+        raise UserError(f"{source}: not a valid pickle ({reason})") from None
 
 
 class ChecksumWarning(DataWarning):
@@ -86,9 +128,7 @@ def load_cifar(
 def cifar_classes(name: str, root: Path) -> list[str]:
     """The class names in the release's meta file, as torchvision reads them."""
     meta = TV_CLASSES[name].meta  # {"filename", "key", "md5"}
-    path = Path(root) / TV_CLASSES[name].base_folder / meta["filename"]
-    if not path.is_file():
-        raise missing_error(name, [path])
+    (path,) = locate(name, root, [root / TV_CLASSES[name].base_folder / meta["filename"]], False)
     names = _read_dict(path)[1].get(meta["key"])
     n = DATASETS[name].num_classes
     if not isinstance(names, list) or len(names) != n or not all(isinstance(c, str) for c in names):

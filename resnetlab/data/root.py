@@ -31,7 +31,7 @@ def locate(
     name: str, root: Path, files: Sequence[Path], download: bool, *suffixes: str
 ) -> list[Path]:
     """Each of ``files``, or the first of its variants ending in ``suffixes`` that exists;
-    if some are missing, ``download`` fetches them first."""
+    ``download`` fetches missing ones first, else one line names them and the three remedies."""
 
     def found() -> list[Path | None]:
         variants = [[f.with_name(f.name + s) for s in ("", *suffixes)] for f in files]
@@ -42,19 +42,14 @@ def locate(
         tv_download(name, root)
         paths = found()
     if None in paths:
-        raise missing_error(name, files)
+        shown = ", ".join(str(p) for p in files[:3])
+        if len(files) > 3:
+            shown += f" (+{len(files) - 3} more)"
+        raise UserError(
+            f"{name} not found: expected {shown}; point --data-path or ${ENV_VAR} at a root "
+            f"that holds it, or pass --download"
+        )
     return [p for p in paths if p]
-
-
-def missing_error(name: str, expected: Sequence[Path]) -> UserError:
-    """One line naming what is missing and the three ways to fix it."""
-    shown = ", ".join(str(p) for p in expected[:3])
-    if len(expected) > 3:
-        shown += f" (+{len(expected) - 3} more)"
-    return UserError(
-        f"{name} not found: expected {shown}; point --data-path or ${ENV_VAR} at a root "
-        f"that holds it, or pass --download"
-    )
 
 
 def tv_download(name: str, root: Path) -> None:
