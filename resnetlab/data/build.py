@@ -16,13 +16,7 @@ import torch
 from torch import Tensor
 
 from resnetlab.data.arrays import load_arrays, load_classes
-from resnetlab.data.folder import (
-    ClassFolder,
-    FolderLoader,
-    eval_transform,
-    folder_layout,
-    train_transform,
-)
+from resnetlab.data.folder import ClassFolder, FolderLoader, folder_layout, folder_transform
 from resnetlab.data.in_memory import AUGMENTS, InMemoryLoader
 from resnetlab.data.info import FOLDER_MEAN, FOLDER_STD, get_info
 from resnetlab.data.order import check_positive, holdout_split
@@ -112,9 +106,9 @@ def build_loaders(
         if resize_size < image_size:
             raise UserError(f"resize-size {resize_size} is smaller than image-size {image_size}")
         train_dir, val_dir, test_dir = folder_layout(root)
-        augmenting = train_transform(augment, image_size, resize_size)
+        augmenting = folder_transform(augment, image_size, resize_size)
         train_set = ClassFolder(train_dir, classes, augmenting, allow_empty=classes is not None)
-        class_list, ev = list(train_set.classes), eval_transform(image_size, resize_size)
+        class_list, ev = list(train_set.classes), folder_transform("none", image_size, resize_size)
         training |= dict(workers=workers, skip_bad_images=skip_bad_images)
         evaluation |= dict(workers=workers, skip_bad_images=skip_bad_images)
 

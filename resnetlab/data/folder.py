@@ -87,31 +87,17 @@ def _collate(items: list[Any]) -> tuple[Tensor | None, Tensor | None, list[BadIm
     return (*default_collate(good), bad) if good else (None, None, bad)
 
 
-def _compose(geometric: list[Any], *after: Any) -> v2.Compose:
-    """To a tensor, the geometric transforms, to float normalised with ImageNet's statistics."""
+def folder_transform(augment: str, image_size: int, resize_size: int) -> v2.Compose:
+    """torchvision's ImageNet reference recipe (RandomResizedCrop + flip) or a part of it, then
+    ImageNet's normalisation; ``"none"``, resize and centre crop, is the evaluation transform."""
+    centre = [v2.Resize(resize_size), v2.CenterCrop(image_size)]
+    crop, flip = [v2.RandomResizedCrop(image_size)], [v2.RandomHorizontalFlip()]
+    # crop-flip and cutout: the whole recipe
+    geometric = {"none": centre, "flip": centre + flip, "crop": crop}.get(augment, crop + flip)
     norm = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(FOLDER_MEAN, FOLDER_STD)]
-    return v2.Compose([v2.ToImage(), *geometric, *norm, *after])
-
-
-def train_transform(augment: str, image_size: int, resize_size: int) -> v2.Compose:
-    """RandomResizedCrop + flip, as torchvision's ImageNet reference recipe."""
-    if augment == "none":
-        return eval_transform(image_size, resize_size)
-    if augment == "flip":
-        centre = [v2.Resize(resize_size), v2.CenterCrop(image_size)]
-        return _compose([*centre, v2.RandomHorizontalFlip()])
-    if augment == "crop":
-        return _compose([v2.RandomResizedCrop(image_size)])
-    geometric = [v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip()]
     if augment == "cutout":  # a square of a quarter of the area, set to the mean
-        erase = v2.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0)
-        return _compose(geometric, erase)
-    return _compose(geometric)
-
-
-def eval_transform(image_size: int, resize_size: int) -> v2.Compose:
-    """Resize the short side to ``resize_size``, then centre-crop ``image_size``."""
-    return _compose([v2.Resize(resize_size), v2.CenterCrop(image_size)])
+        norm.append(v2.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0))
+    return v2.Compose([v2.ToImage(), *geometric, *norm])
 
 
 class FolderLoader(EpochShards):
