@@ -11,15 +11,12 @@ import codecs
 import hashlib
 import io
 import pickle
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from resnetlab.data.info import DATASETS, DataWarning
-from resnetlab.data.root import TV_CLASSES, locate
 from resnetlab.errors import UserError
 
 # numpy < 2 pickles name `numpy.core.*`, numpy >= 2 `numpy._core.*`; Python 3 protocol-2
@@ -63,7 +60,8 @@ class ChecksumWarning(DataWarning):
     """A file differs from the official release; its structure was checked instead."""
 
 
-def _read_dict(path: Path) -> tuple[bytes, dict]:
+def read_dict(path: Path) -> tuple[bytes, dict]:
+    """A pickle file's bytes and the dict it holds."""
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -79,7 +77,7 @@ def read_batch(
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """One pickle file -> (uint8 ``[n, 3, 32, 32]``, int64 ``[n]``, MD5 matched), validated."""
     info = DATASETS[name]
-    raw, entry = _read_dict(path)
+    raw, entry = read_dict(path)
     md5_ok = md5 is None or hashlib.md5(raw, usedforsecurity=False).hexdigest() == md5
     label_key = "labels" if name == "cifar10" else "fine_labels"
     for key in ("data", label_key):
@@ -101,36 +99,3 @@ def read_batch(
         raise UserError(f"{path}: {label_key!r} is not a list of integers")
     info.check_labels(path, labels, len(data))
     return data.reshape(-1, 3, *info.image_size), labels.astype(np.int64), md5_ok
-
-
-def load_cifar(
-    name: str, root: Path, train: bool, download_missing: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images uint8 ``[N, 3, 32, 32]`` and labels int64 ``[N]`` of CIFAR-10 or CIFAR-100."""
-    cls = TV_CLASSES[name]
-    folder = Path(root) / cls.base_folder
-    files = cls.train_list if train else cls.test_list  # (filename, md5) of the release
-    paths = locate(name, root, [folder / f for f, _ in files], download_missing)
-    parts = [read_batch(p, name, md5) for p, (_, md5) in zip(paths, files, strict=True)]
-    differ = [p.name for p, (_, _, ok) in zip(paths, parts, strict=True) if not ok]
-    if differ:
-        warnings.warn(
-            f"{folder}: {', '.join(differ)}: MD5 differs from the official release "
-            "(a re-encoded copy?); contents validated instead",
-            ChecksumWarning,
-            stacklevel=2,
-        )
-    images = np.concatenate([x for x, _, _ in parts])
-    DATASETS[name].check_count(folder, len(images), train)
-    return torch.from_numpy(images), torch.from_numpy(np.concatenate([y for _, y, _ in parts]))
-
-
-def cifar_classes(name: str, root: Path) -> list[str]:
-    """The class names in the release's meta file, as torchvision reads them."""
-    meta = TV_CLASSES[name].meta  # {"filename", "key", "md5"}
-    (path,) = locate(name, root, [root / TV_CLASSES[name].base_folder / meta["filename"]], False)
-    names = _read_dict(path)[1].get(meta["key"])
-    n = DATASETS[name].num_classes
-    if not isinstance(names, list) or len(names) != n or not all(isinstance(c, str) for c in names):
-        raise UserError(f"{path}: {meta['key']!r} is not a list of {n} class names")
-    return names

@@ -41,7 +41,7 @@ class DatasetInfo:
         expected = self.num_train if train else self.num_test
         if num_images != expected:
             message = f"{source}: {num_images} images, the official release has {expected}"
-            warnings.warn(message, DataWarning, stacklevel=3)  # shown at load_arrays
+            warnings.warn(message, DataWarning, stacklevel=2)  # shown at load_arrays
 
 
 DATASETS: dict[str, DatasetInfo] = {
