@@ -3,7 +3,6 @@ and std are the published per-channel statistics of each training set (pixels in
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,13 +34,6 @@ class DatasetInfo:
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
             bad = int(labels.min() if labels.min() < 0 else labels.max())
             raise UserError(f"{source}: label {bad} out of range 0..{self.num_classes - 1}")
-
-    def check_count(self, source: object, num_images: int, train: bool) -> None:
-        """Warns when a split's size differs from the official release's."""
-        expected = self.num_train if train else self.num_test
-        if num_images != expected:
-            message = f"{source}: {num_images} images, the official release has {expected}"
-            warnings.warn(message, DataWarning, stacklevel=2)  # shown at load_arrays
 
 
 DATASETS: dict[str, DatasetInfo] = {
