@@ -78,10 +78,7 @@ def build_loaders(
     (e.g. the model's) instead of the training folder's sorted sub-folders."""
     eval_batch_size = 2 * batch_size if eval_batch_size is None else eval_batch_size
     check_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, world_size=world_size)
-    if val_split < 0:
-        raise UserError(f"val-split must not be negative, got {val_split}")
-    if seed < 0:
-        raise UserError(f"seed must not be negative, got {seed}")
+    check_positive(0, val_split=val_split, seed=seed)
     if augment not in AUGMENTS:
         raise UserError(f"unknown augmentation {augment!r}; known: {', '.join(AUGMENTS)}")
     if not 0 <= rank < world_size:

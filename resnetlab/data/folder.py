@@ -22,7 +22,7 @@ from torchvision.datasets.folder import pil_loader
 from torchvision.transforms import v2
 
 from resnetlab.data.info import FOLDER_MEAN, FOLDER_STD
-from resnetlab.data.order import AUGMENT_STREAM, EpochShards, seed_of
+from resnetlab.data.order import AUGMENT_STREAM, EpochShards, check_positive, seed_of
 from resnetlab.errors import UserError
 
 
@@ -121,8 +121,7 @@ class FolderLoader(EpochShards):
         workers: int = 2,
         skip_bad_images: bool = False,
     ) -> None:
-        if workers < 0:
-            raise UserError(f"workers must not be negative, got {workers}")
+        check_positive(0, workers=workers)
         self.dataset = dataset
         self.subset = subset
         self.device = torch.device(device)

@@ -37,11 +37,13 @@ def holdout_split(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
-def check_positive(**numbers: int) -> None:
-    """One line naming the flag, e.g. ``batch-size must be positive, got 0``."""
+def check_positive(minimum: int = 1, **numbers: int) -> None:
+    """One line naming the flag, e.g. ``batch-size must be positive, got 0`` (or ``... must
+    not be negative ...`` with ``minimum=0``)."""
     for name, value in numbers.items():
-        if value <= 0:
-            raise UserError(f"{name.replace('_', '-')} must be positive, got {value}")
+        if value < minimum:
+            must = "be positive" if minimum else "not be negative"
+            raise UserError(f"{name.replace('_', '-')} must {must}, got {value}")
 
 
 class EpochShards:
