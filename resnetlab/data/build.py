@@ -19,7 +19,7 @@ from resnetlab.data.arrays import load_arrays, load_classes
 from resnetlab.data.folder import ClassFolder, FolderLoader, folder_layout, folder_transform
 from resnetlab.data.in_memory import AUGMENTS, InMemoryLoader
 from resnetlab.data.info import FOLDER_MEAN, FOLDER_STD, get_info
-from resnetlab.data.order import check_positive, holdout_split
+from resnetlab.data.order import check_numbers, holdout_split
 from resnetlab.data.root import resolve_root
 from resnetlab.errors import UserError
 
@@ -77,8 +77,8 @@ def build_loaders(
     images are held out of training by ``seed``. ``classes`` fixes a folder dataset's class list
     (e.g. the model's) instead of the training folder's sorted sub-folders."""
     eval_batch_size = 2 * batch_size if eval_batch_size is None else eval_batch_size
-    check_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, world_size=world_size)
-    check_positive(0, val_split=val_split, seed=seed)
+    check_numbers(batch_size=batch_size, eval_batch_size=eval_batch_size, world_size=world_size)
+    check_numbers(minimum=0, val_split=val_split, seed=seed)
     if augment not in AUGMENTS:
         raise UserError(f"unknown augmentation {augment!r}; known: {', '.join(AUGMENTS)}")
     if not 0 <= rank < world_size:

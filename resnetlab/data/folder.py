@@ -22,7 +22,7 @@ from torchvision.datasets.folder import pil_loader
 from torchvision.transforms import v2
 
 from resnetlab.data.info import FOLDER_MEAN, FOLDER_STD
-from resnetlab.data.order import AUGMENT_STREAM, EpochShards, check_positive, seed_of
+from resnetlab.data.order import AUGMENT_STREAM, EpochShards, check_numbers, seed_of
 from resnetlab.errors import UserError
 
 
@@ -121,7 +121,7 @@ class FolderLoader(EpochShards):
         workers: int = 2,
         skip_bad_images: bool = False,
     ) -> None:
-        check_positive(0, workers=workers)
+        check_numbers(minimum=0, workers=workers)
         self.dataset = dataset
         self.subset = subset
         self.device = torch.device(device)

@@ -37,7 +37,7 @@ def holdout_split(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
-def check_positive(minimum: int = 1, **numbers: int) -> None:
+def check_numbers(*, minimum: int = 1, **numbers: int) -> None:
     """One line naming the flag, e.g. ``batch-size must be positive, got 0`` (or ``... must
     not be negative ...`` with ``minimum=0``)."""
     for name, value in numbers.items():
@@ -61,7 +61,7 @@ class EpochShards:
         drop_last: bool,
         where: str = "",
     ) -> None:
-        check_positive(batch_size=batch_size, world_size=world_size)
+        check_numbers(batch_size=batch_size, world_size=world_size)
         if not 0 <= rank < world_size:
             raise UserError(f"rank {rank} outside 0..{world_size - 1}")
         self.dataset_size = dataset_size
