@@ -104,13 +104,13 @@ def build_loaders(
             raise UserError(f"resize-size {resize_size} is smaller than image-size {image_size}")
         train_dir, val_dir, test_dir = folder_layout(root)
         augmenting = folder_transform(augment, image_size, resize_size)
-        train_set = ClassFolder(train_dir, classes, augmenting, allow_empty=classes is not None)
+        train_set = ClassFolder(train_dir, classes, augmenting)
         class_list, ev = list(train_set.classes), folder_transform("none", image_size, resize_size)
         training |= dict(workers=workers, skip_bad_images=skip_bad_images)
         evaluation |= dict(workers=workers, skip_bad_images=skip_bad_images)
 
         def eval_loader(folder: Path) -> FolderLoader:
-            return FolderLoader(ClassFolder(folder, class_list, ev, allow_empty=True), **evaluation)
+            return FolderLoader(ClassFolder(folder, class_list, ev), **evaluation)
 
         train_subset = None
         if val_split:

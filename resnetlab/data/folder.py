@@ -34,23 +34,18 @@ class BadImage(NamedTuple):
 
 
 class ClassFolder(ImageFolder):
-    """ImageFolder whose class list can be imposed instead of read from the folder."""
+    """ImageFolder whose class list can be imposed instead of read from the folder (then some
+    of its classes may have no images here, as in a validation folder lacking one)."""
 
     def __init__(
-        self,
-        root: str | Path,
-        classes: Sequence[str] | None,
-        transform: v2.Compose,
-        allow_empty: bool = False,
+        self, root: str | Path, classes: Sequence[str] | None, transform: v2.Compose
     ) -> None:
         self._fixed = list(classes) if classes is not None else None
+        empty_ok = classes is not None
         try:
-            super().__init__(
-                str(root), transform=transform, loader=pil_loader, allow_empty=allow_empty
-            )
+            super().__init__(str(root), transform, loader=pil_loader, allow_empty=empty_ok)
         except FileNotFoundError as e:
-            first = str(e).splitlines()[0]
-            raise UserError(f"{root}: {first}") from None
+            raise UserError(f"{root}: {str(e).splitlines()[0]}") from None
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         """The imposed list if any (refusing folders outside it), else the sub-folders."""
