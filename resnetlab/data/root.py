@@ -39,7 +39,14 @@ def locate(
 
     paths = found()
     if None in paths and download:
-        tv_download(name, root)
+        # torchvision's download step (mirrors, MD5 checks) without its constructor's unpickling
+        ds = TV_CLASSES[name].__new__(TV_CLASSES[name])
+        ds.root = str(root)
+        try:
+            ds.download()
+        except Exception as e:  # URLError, checksum RuntimeError, OSError, tarfile errors
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{name}: download into {root} failed: {first}") from None
         paths = found()
     if None in paths:
         shown = ", ".join(str(p) for p in files[:3])
@@ -50,15 +57,3 @@ def locate(
             f"that holds it, or pass --download"
         )
     return [p for p in paths if p]
-
-
-def tv_download(name: str, root: Path) -> None:
-    """torchvision's download step alone (with its mirrors and MD5 checks): its constructor
-    would also unpickle the files."""
-    ds = TV_CLASSES[name].__new__(TV_CLASSES[name])
-    ds.root = str(root)
-    try:
-        ds.download()
-    except Exception as e:  # URLError, checksum RuntimeError, OSError, tarfile errors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{name}: download into {root} failed: {first}") from None
