@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from resnetlab.errors import UserError
 
 
@@ -26,14 +24,6 @@ class DatasetInfo:
     std: tuple[float, ...]
     num_train: int
     num_test: int
-
-    def check_labels(self, source: object, labels: np.ndarray, num_images: int) -> None:
-        """One line naming ``source`` unless ``labels`` hold one class index per image."""
-        if len(labels) != num_images:
-            raise UserError(f"{source}: {len(labels)} labels for {num_images} images")
-        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
-            bad = int(labels.min() if labels.min() < 0 else labels.max())
-            raise UserError(f"{source}: label {bad} out of range 0..{self.num_classes - 1}")
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -70,8 +60,6 @@ FOLDER_STD = (0.229, 0.224, 0.225)
 
 def get_info(name: str) -> DatasetInfo:
     """Look a dataset up, with an error that lists the known names."""
-    try:
-        return DATASETS[name]
-    except KeyError:
-        known = ", ".join([*DATASETS, "folder"])
-        raise UserError(f"unknown dataset {name!r}; known: {known}") from None
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join([*DATASETS, 'folder'])}")
+    return DATASETS[name]
