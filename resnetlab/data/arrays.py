@@ -14,15 +14,24 @@ import math
 import os
 import pickle
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torchvision.datasets as tvd
 
 from resnetlab.data.info import DATASETS, DataWarning, get_info
-from resnetlab.data.root import TV_CLASSES, locate, resolve_root
+from resnetlab.data.root import ENV_VAR, resolve_root
 from resnetlab.errors import UserError
+
+TV_CLASSES = {
+    "mnist": tvd.MNIST,
+    "fashion-mnist": tvd.FashionMNIST,
+    "cifar10": tvd.CIFAR10,
+    "cifar100": tvd.CIFAR100,
+}
 
 # numpy < 2 pickles name `numpy.core.*`, numpy >= 2 `numpy._core.*`; Python 3 protocol-2
 # pickles of bytes use `_codecs.encode`, protocol 5 arrays `numeric._frombuffer`.
@@ -38,10 +47,10 @@ for _mod in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray"):
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Refuses every global outside the numpy-array allow-list."""
+    """Refuses every global outside the numpy-array allow-list (find_class is the only door to
+    globals in a pickle)."""
 
     def find_class(self, module: str, name: str) -> Any:
-        """The only door to globals in a pickle: the allow-list or an error."""
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
@@ -131,6 +140,38 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
             f"{path}: holds {len(raw) - header} bytes of data, header {shape} says {expected}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def locate(
+    name: str, root: Path, files: Sequence[Path], download: bool, *suffixes: str
+) -> list[Path]:
+    """Each of ``files``, or the first of its variants ending in ``suffixes`` that exists;
+    ``download`` fetches missing ones first, else one line names them and the three remedies."""
+
+    def found() -> list[Path | None]:
+        variants = [[f.with_name(f.name + s) for s in ("", *suffixes)] for f in files]
+        return [next((p for p in v if p.is_file()), None) for v in variants]
+
+    paths = found()
+    if None in paths and download:
+        # torchvision's download step (mirrors, MD5 checks) without its constructor's unpickling
+        ds = TV_CLASSES[name].__new__(TV_CLASSES[name])
+        ds.root = str(root)
+        try:
+            ds.download()
+        except Exception as e:  # URLError, checksum RuntimeError, OSError, tarfile errors
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{name}: download into {root} failed: {first}") from None
+        paths = found()
+    if None in paths:
+        shown = ", ".join(str(p) for p in files[:3])
+        if len(files) > 3:
+            shown += f" (+{len(files) - 3} more)"
+        raise UserError(
+            f"{name} not found: expected {shown}; point --data-path or ${ENV_VAR} at a root "
+            f"that holds it, or pass --download"
+        )
+    return [p for p in paths if p]
 
 
 def load_arrays(

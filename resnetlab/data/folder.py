@@ -1,10 +1,7 @@
-"""Image folders (``root/{train,val,test}/<class>/*`` or ``root/<class>/*``) through
-torchvision's ImageFolder, transforms.v2 and a DataLoader, as its reference scripts read ImageNet.
-
-Classes come from the training folder (or the model), so a validation folder lacking a class
-keeps every index; random transforms are seeded per sample from (seed, epoch, index), so
-augmentation does not depend on the number of workers.
-"""
+"""Image folders (``root/{train,val,test}/<class>/*`` or ``root/<class>/*``) through torchvision's
+ImageFolder, transforms.v2 and a DataLoader. Classes come from the training folder (or the model),
+so a validation folder lacking a class keeps every index; random transforms are seeded per sample
+from (seed, epoch, index), so augmentation does not depend on the number of workers."""
 
 from __future__ import annotations
 
@@ -186,8 +183,7 @@ def folder_layout(root: Path) -> tuple[Path, Path | None, Path | None]:
             f"image folder {root} not found: expected {root}/train/<class>/* (and optionally "
             f"val/, test/) or {root}/<class>/*; point --data-path at it"
         )
-    if (root / "train").is_dir():
-        val = root / "val" if (root / "val").is_dir() else None
-        test = root / "test" if (root / "test").is_dir() else None
-        return root / "train", val, test
-    return root, None, None
+    if not (root / "train").is_dir():
+        return root, None, None
+    val, test = (root / s if (root / s).is_dir() else None for s in ("val", "test"))
+    return root / "train", val, test
