@@ -24,8 +24,7 @@ from hypothesis import strategies as st
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from resnetlab.data import load_arrays
-from resnetlab.data.cifar import ChecksumWarning, read_batch
-from resnetlab.data.mnist import read_idx
+from resnetlab.data.arrays import ChecksumWarning, read_batch, read_idx
 from resnetlab.errors import UserError
 
 pytestmark = pytest.mark.filterwarnings(

@@ -2,8 +2,7 @@
 `build_loaders`, `load_arrays` (raw uint8 tensors) and `DATASETS` (known without a file read)."""
 
 from resnetlab.data.arrays import load_arrays
-from resnetlab.data.build import build_loaders
-from resnetlab.data.bundle import DataBundle, Loader
+from resnetlab.data.build import DataBundle, Loader, build_loaders
 from resnetlab.data.in_memory import InMemoryLoader
 from resnetlab.data.info import DATASETS, DatasetInfo, DataWarning
 from resnetlab.data.root import default_data_root

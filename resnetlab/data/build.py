@@ -5,20 +5,50 @@ protocol, so the training loop never knows which it has.
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import torch
+from torch import Tensor
 
 from resnetlab.data.arrays import load_arrays, load_classes
-from resnetlab.data.bundle import DataBundle
-from resnetlab.data.folder import build_folder_loaders
+from resnetlab.data.folder import ClassFolder, FolderLoader, folder_layout, folder_transform
 from resnetlab.data.in_memory import AUGMENTS, InMemoryLoader
-from resnetlab.data.info import get_info
-from resnetlab.data.order import check_positive
+from resnetlab.data.info import FOLDER_MEAN, FOLDER_STD, get_info
+from resnetlab.data.order import check_numbers, holdout_split
 from resnetlab.data.root import resolve_root
-from resnetlab.data.split import holdout_split
 from resnetlab.errors import UserError
+
+
+class Loader(Protocol):
+    """What a training or evaluation loop may rely on."""
+
+    num_samples: int  # samples this rank sees per epoch
+    dataset_size: int  # samples across all ranks
+
+    def set_epoch(self, epoch: int) -> None: ...
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
+    def __len__(self) -> int: ...
+
+
+@dataclass
+class DataBundle:
+    """Everything the trainer needs from the data side, so it never asks which kind it has."""
+
+    train: Loader
+    val: Loader | None
+    test: Loader | None  # folders may have no test split
+    num_classes: int
+    in_channels: int
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_size: tuple[int, int, int]  # (C, H, W) the model sees
+    resize_size: int | None  # eval resize before the centre crop (folders); None in memory
 
 
 def build_loaders(
@@ -47,11 +77,8 @@ def build_loaders(
     images are held out of training by ``seed``. ``classes`` fixes a folder dataset's class list
     (e.g. the model's) instead of the training folder's sorted sub-folders."""
     eval_batch_size = 2 * batch_size if eval_batch_size is None else eval_batch_size
-    check_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, world_size=world_size)
-    if val_split < 0:
-        raise UserError(f"val-split must not be negative, got {val_split}")
-    if seed < 0:
-        raise UserError(f"seed must not be negative, got {seed}")
+    check_numbers(batch_size=batch_size, eval_batch_size=eval_batch_size, world_size=world_size)
+    check_numbers(minimum=0, val_split=val_split, seed=seed)
     if augment not in AUGMENTS:
         raise UserError(f"unknown augmentation {augment!r}; known: {', '.join(AUGMENTS)}")
     if not 0 <= rank < world_size:
@@ -65,52 +92,62 @@ def build_loaders(
         rank=rank,
         world_size=world_size,
     )
+    evaluation = dict(batch_size=eval_batch_size, train=False, **placement)
+    training = dict(batch_size=batch_size, train=True, drop_last=drop_last, **placement)
+    val = test = None
     if dataset == "folder":
         if download:
             raise UserError("--download fetches the built-in datasets only, not image folders")
-        return build_folder_loaders(
-            root,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            val_split=val_split,
-            augment=augment,
-            drop_last=drop_last,
-            workers=workers,
-            image_size=image_size,
-            resize_size=resize_size,
-            skip_bad_images=skip_bad_images,
-            classes=classes,
-            **placement,
-        )
-    info = get_info(dataset)
-    images, labels = load_arrays(info.name, root, train=True, download=download)
-    test_images, test_labels = load_arrays(info.name, root, train=False, download=download)
-    val = None
-    common = dict(mean=info.mean, std=info.std, **placement)
-    evaluation = dict(batch_size=eval_batch_size, train=False, **common)
-    if val_split:
-        train_idx, val_idx = holdout_split(len(images), val_split, seed)
-        val = InMemoryLoader(images[val_idx], labels[val_idx], **evaluation)
-        images, labels = images[train_idx], labels[train_idx]
-    train = InMemoryLoader(
-        images,
-        labels,
-        batch_size=batch_size,
-        train=True,
-        augment=augment,
-        drop_last=drop_last,
-        **common,
-    )
-    test = InMemoryLoader(test_images, test_labels, **evaluation)
+        if image_size <= 0 or resize_size <= 0:
+            raise UserError("image-size and resize-size must be positive")
+        if resize_size < image_size:
+            raise UserError(f"resize-size {resize_size} is smaller than image-size {image_size}")
+        train_dir, val_dir, test_dir = folder_layout(root)
+        augmenting = folder_transform(augment, image_size, resize_size)
+        train_set = ClassFolder(train_dir, classes, augmenting)
+        class_list, ev = list(train_set.classes), folder_transform("none", image_size, resize_size)
+        training |= dict(workers=workers, skip_bad_images=skip_bad_images)
+        evaluation |= dict(workers=workers, skip_bad_images=skip_bad_images)
+
+        def eval_loader(folder: Path) -> FolderLoader:
+            return FolderLoader(ClassFolder(folder, class_list, ev), **evaluation)
+
+        train_subset = None
+        if val_split:
+            train_subset, val_idx = holdout_split(len(train_set), val_split, seed)
+            held_out = copy.copy(train_set)  # same file list, evaluation transforms
+            held_out.transform = ev
+            val = FolderLoader(held_out, val_idx, **evaluation)
+            # The held-out part is the validation set; an existing val/ then serves as test.
+            test_dir = test_dir or val_dir
+        elif val_dir is not None:
+            val = eval_loader(val_dir)
+        test = eval_loader(test_dir) if test_dir is not None else None
+        train = FolderLoader(train_set, train_subset, **training)
+        mean, std, input_size = FOLDER_MEAN, FOLDER_STD, (3, image_size, image_size)
+    else:
+        info = get_info(dataset)
+        images, labels = load_arrays(info.name, root, train=True, download=download)
+        test_images, test_labels = load_arrays(info.name, root, train=False, download=download)
+        mean, std, input_size = info.mean, info.std, (info.in_channels, *info.image_size)
+        evaluation |= dict(mean=mean, std=std)
+        training |= dict(mean=mean, std=std, augment=augment)
+        if val_split:
+            train_idx, val_idx = holdout_split(len(images), val_split, seed)
+            val = InMemoryLoader(images[val_idx], labels[val_idx], **evaluation)
+            images, labels = images[train_idx], labels[train_idx]
+        train = InMemoryLoader(images, labels, **training)
+        test = InMemoryLoader(test_images, test_labels, **evaluation)
+        class_list = load_classes(info.name, root)
     return DataBundle(
         train=train,
         val=val,
         test=test,
-        num_classes=info.num_classes,
-        in_channels=info.in_channels,
-        classes=load_classes(info.name, root),
-        mean=info.mean,
-        std=info.std,
-        input_size=(info.in_channels, *info.image_size),
-        resize_size=None,
+        num_classes=len(class_list),
+        in_channels=input_size[0],
+        classes=class_list,
+        mean=mean,
+        std=std,
+        input_size=input_size,
+        resize_size=resize_size if dataset == "folder" else None,
     )

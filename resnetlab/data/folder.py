@@ -1,14 +1,10 @@
-"""Image folders (``root/{train,val,test}/<class>/*`` or ``root/<class>/*``) through
-torchvision's ImageFolder, transforms.v2 and a DataLoader, as its reference scripts read ImageNet.
-
-Classes come from the training folder (or the model), so a validation folder lacking a class
-keeps every index; random transforms are seeded per sample from (seed, epoch, index), so
-augmentation does not depend on the number of workers.
-"""
+"""Image folders (``root/{train,val,test}/<class>/*`` or ``root/<class>/*``) through torchvision's
+ImageFolder, transforms.v2 and a DataLoader. Classes come from the training folder (or the model),
+so a validation folder lacking a class keeps every index; random transforms are seeded per sample
+from (seed, epoch, index), so augmentation does not depend on the number of workers."""
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -17,15 +13,13 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
+from torchvision.datasets.folder import pil_loader
 from torchvision.transforms import v2
 
-from resnetlab.data.bundle import DataBundle
 from resnetlab.data.info import FOLDER_MEAN, FOLDER_STD
-from resnetlab.data.order import AUGMENT_STREAM, EpochShards, seed_of
-from resnetlab.data.split import holdout_split
+from resnetlab.data.order import AUGMENT_STREAM, EpochShards, check_numbers, seed_of
 from resnetlab.errors import UserError
 
 
@@ -37,26 +31,18 @@ class BadImage(NamedTuple):
 
 
 class ClassFolder(ImageFolder):
-    """ImageFolder whose class list can be imposed instead of read from the folder."""
+    """ImageFolder whose class list can be imposed instead of read from the folder (then some
+    of its classes may have no images here, as in a validation folder lacking one)."""
 
     def __init__(
-        self,
-        root: str | Path,
-        classes: Sequence[str] | None = None,
-        transform: Any = None,
-        allow_empty: bool = False,
+        self, root: str | Path, classes: Sequence[str] | None, transform: v2.Compose
     ) -> None:
         self._fixed = list(classes) if classes is not None else None
-        self.seed = 0
-        self.epoch = 0
-        self.augmenting = False
+        empty_ok = classes is not None
         try:
-            super().__init__(
-                str(root), transform=transform, loader=pil_loader, allow_empty=allow_empty
-            )
+            super().__init__(str(root), transform, loader=pil_loader, allow_empty=empty_ok)
         except FileNotFoundError as e:
-            first = str(e).splitlines()[0]
-            raise UserError(f"{root}: {first}") from None
+            raise UserError(f"{root}: {str(e).splitlines()[0]}") from None
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         """The imposed list if any (refusing folders outside it), else the sub-folders."""
@@ -72,57 +58,38 @@ class ClassFolder(ImageFolder):
             )
         return classes, {c: i for i, c in enumerate(classes)}
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, key: int | tuple[int, int, int]) -> Any:
+        """Sample ``index``, or with key ``(index, seed, epoch)`` its random transforms seeded
+        from that key (v2's draw from the global RNG, forked here)."""
+        index, *stream = key if isinstance(key, tuple) else (key,)
         path, target = self.samples[index]
         try:
             image = self.loader(path)  # torchvision's PIL loader decodes the whole file
         except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... on bad files
             return BadImage(path, f"{type(e).__name__}: {e}".splitlines()[0])
-        if self.transform is None:
-            return image, target
-        if not self.augmenting:
-            return self.transform(image), target
-        # The global RNG is what v2's random transforms draw from; seed it per sample.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_of(AUGMENT_STREAM, self.seed, self.epoch, index))
+        with torch.random.fork_rng(devices=[], enabled=bool(stream)):
+            if stream:
+                torch.manual_seed(seed_of(AUGMENT_STREAM, *stream, index))
             return self.transform(image), target
 
 
 def _collate(items: list[Any]) -> tuple[Tensor | None, Tensor | None, list[BadImage]]:
     bad = [it for it in items if isinstance(it, BadImage)]
     good = [it for it in items if not isinstance(it, BadImage)]
-    if not good:
-        return None, None, bad
-    x = torch.stack([torch.as_tensor(img) for img, _ in good])
-    y = torch.tensor([t for _, t in good], dtype=torch.int64)
-    return x, y, bad
+    return (*default_collate(good), bad) if good else (None, None, bad)
 
 
-def _compose(geometric: list[Any], *after: Any) -> v2.Compose:
-    """To a tensor, the geometric transforms, to float normalised with ImageNet's statistics."""
+def folder_transform(augment: str, image_size: int, resize_size: int) -> v2.Compose:
+    """torchvision's ImageNet reference recipe (RandomResizedCrop + flip) or a part of it, then
+    ImageNet's normalisation; ``"none"``, resize and centre crop, is the evaluation transform."""
+    centre = [v2.Resize(resize_size), v2.CenterCrop(image_size)]
+    crop, flip = [v2.RandomResizedCrop(image_size)], [v2.RandomHorizontalFlip()]
+    # crop-flip and cutout: the whole recipe
+    geometric = {"none": centre, "flip": centre + flip, "crop": crop}.get(augment, crop + flip)
     norm = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(FOLDER_MEAN, FOLDER_STD)]
-    return v2.Compose([v2.ToImage(), *geometric, *norm, *after])
-
-
-def train_transform(augment: str, image_size: int, resize_size: int) -> v2.Compose:
-    """RandomResizedCrop + flip, as torchvision's ImageNet reference recipe."""
-    if augment == "none":
-        return eval_transform(image_size, resize_size)
-    if augment == "flip":
-        centre = [v2.Resize(resize_size), v2.CenterCrop(image_size)]
-        return _compose([*centre, v2.RandomHorizontalFlip()])
-    if augment == "crop":
-        return _compose([v2.RandomResizedCrop(image_size)])
-    geometric = [v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip()]
     if augment == "cutout":  # a square of a quarter of the area, set to the mean
-        erase = v2.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0)
-        return _compose(geometric, erase)
-    return _compose(geometric)
-
-
-def eval_transform(image_size: int, resize_size: int) -> v2.Compose:
-    """Resize the short side to ``resize_size``, then centre-crop ``image_size``."""
-    return _compose([v2.Resize(resize_size), v2.CenterCrop(image_size)])
+        norm.append(v2.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0))
+    return v2.Compose([v2.ToImage(), *geometric, *norm])
 
 
 class FolderLoader(EpochShards):
@@ -146,8 +113,7 @@ class FolderLoader(EpochShards):
         workers: int = 2,
         skip_bad_images: bool = False,
     ) -> None:
-        if workers < 0:
-            raise UserError(f"workers must not be negative, got {workers}")
+        check_numbers(minimum=0, workers=workers)
         self.dataset = dataset
         self.subset = subset
         self.device = torch.device(device)
@@ -173,14 +139,13 @@ class FolderLoader(EpochShards):
         return self.subset[pos] if self.subset is not None else pos
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        dataset = self.dataset
-        if self.train:  # workers receive this copy when the iterator starts
-            dataset = copy.copy(dataset)
-            dataset.seed, dataset.epoch, dataset.augmenting = self.seed, self.epoch, True
+        keys: list[Any] = self.indices().tolist()
+        if self.train:  # each sample's augmentation is a function of its key alone
+            keys = [(i, self.seed, self.epoch) for i in keys]
         loader = DataLoader(
-            dataset,
+            self.dataset,
             batch_size=self.batch_size,
-            sampler=self.indices().tolist(),
+            sampler=keys,
             num_workers=self.workers,
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
@@ -218,72 +183,7 @@ def folder_layout(root: Path) -> tuple[Path, Path | None, Path | None]:
             f"image folder {root} not found: expected {root}/train/<class>/* (and optionally "
             f"val/, test/) or {root}/<class>/*; point --data-path at it"
         )
-    if (root / "train").is_dir():
-        val = root / "val" if (root / "val").is_dir() else None
-        test = root / "test" if (root / "test").is_dir() else None
-        return root / "train", val, test
-    return root, None, None
-
-
-def build_folder_loaders(
-    root: Path,
-    *,
-    batch_size: int,
-    eval_batch_size: int,
-    val_split: int,
-    seed: int,
-    augment: str,
-    drop_last: bool,
-    workers: int,
-    image_size: int,
-    resize_size: int,
-    skip_bad_images: bool,
-    classes: Sequence[str] | None,
-    **placement: Any,
-) -> DataBundle:
-    """The folder half of `build_loaders` (see there for the arguments); ``placement`` holds
-    FolderLoader's device, dtype, channels_last, rank and world_size."""
-    if image_size <= 0 or resize_size <= 0:
-        raise UserError("image-size and resize-size must be positive")
-    if resize_size < image_size:
-        raise UserError(f"resize-size {resize_size} is smaller than image-size {image_size}")
-    train_dir, val_dir, test_dir = folder_layout(Path(root))
-    augmenting = train_transform(augment, image_size, resize_size)
-    train_set = ClassFolder(train_dir, classes, augmenting, allow_empty=classes is not None)
-    class_list = list(train_set.classes)
-    ev = eval_transform(image_size, resize_size)
-    common = dict(seed=seed, workers=workers, skip_bad_images=skip_bad_images, **placement)
-
-    def eval_loader(folder: Path) -> FolderLoader:
-        ds = ClassFolder(folder, class_list, ev, allow_empty=True)
-        return FolderLoader(ds, batch_size=eval_batch_size, train=False, **common)
-
-    train_subset = val = None
-    if val_split:
-        train_subset, val_idx = holdout_split(len(train_set), val_split, seed)
-        held_out = copy.copy(train_set)  # same file list, evaluation transforms
-        held_out.transform = ev
-        val = FolderLoader(held_out, val_idx, batch_size=eval_batch_size, train=False, **common)
-        # The held-out part is the validation set; an existing val/ then serves as test.
-        test_dir = test_dir or val_dir
-    elif val_dir is not None:
-        val = eval_loader(val_dir)
-    test = eval_loader(test_dir) if test_dir is not None else None
-    train = FolderLoader(
-        train_set, train_subset, batch_size=batch_size, train=True, drop_last=drop_last, **common
-    )
-    return DataBundle(
-        train=train,
-        val=val,
-        test=test,
-        num_classes=len(class_list),
-        in_channels=3,
-        classes=class_list,
-        mean=FOLDER_MEAN,
-        std=FOLDER_STD,
-        input_size=(3, image_size, image_size),
-        resize_size=resize_size,
-    )
-
-
-__all__ = ["IMG_EXTENSIONS", "BadImage", "ClassFolder", "FolderLoader", "build_folder_loaders"]
+    if not (root / "train").is_dir():
+        return root, None, None
+    val, test = (root / s if (root / s).is_dir() else None for s in ("val", "test"))
+    return root / "train", val, test

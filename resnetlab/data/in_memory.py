@@ -127,12 +127,11 @@ class InMemoryLoader(EpochShards):
         _, h, w = self.image_shape
         p = self.padding
         k = 2 * p + 1
-        dy = torch.arange(k).repeat_interleave(2 * k)
-        dx = torch.arange(k).repeat_interleave(2).repeat(k)
-        flip = torch.arange(2).repeat(k * k).bool()
+        # Row (dy * k + dx) * 2 + flip, as __iter__ looks it up.
+        dy, dx, flip = torch.cartesian_prod(torch.arange(k), torch.arange(k), torch.arange(2)).T
         ar_h, ar_w = torch.arange(h), torch.arange(w)
         rows = dy[:, None] + ar_h - p  # [K, H]
-        cols = dx[:, None] + torch.where(flip[:, None], w - 1 - ar_w, ar_w) - p  # [K, W]
+        cols = dx[:, None] + torch.where(flip[:, None] == 1, w - 1 - ar_w, ar_w) - p  # [K, W]
         inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
         flat = torch.where(inside, rows[:, :, None] * w + cols[:, None, :], h * w)
         return flat.view(len(dy), h * w).to(self.device)
@@ -150,8 +149,7 @@ class InMemoryLoader(EpochShards):
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         ar_h = torch.arange(h, device=self.device)
         ar_w = torch.arange(w, device=self.device)
-        for b in range(len(self)):
-            sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
+        for sel in idx.split(self.batch_size)[: len(self)]:  # without a dropped last batch
             bsz = len(sel)
             src = self._pixels.index_select(0, sel)
             if combo is None:

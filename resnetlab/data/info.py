@@ -60,8 +60,6 @@ FOLDER_STD = (0.229, 0.224, 0.225)
 
 def get_info(name: str) -> DatasetInfo:
     """Look a dataset up, with an error that lists the known names."""
-    try:
-        return DATASETS[name]
-    except KeyError:
-        known = ", ".join([*DATASETS, "folder"])
-        raise UserError(f"unknown dataset {name!r}; known: {known}") from None
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join([*DATASETS, 'folder'])}")
+    return DATASETS[name]

@@ -1,5 +1,6 @@
 """Which samples a rank sees, in which order: a pure function of (seed, epoch, rank), so a run
-resumes exactly and ranks share an epoch without talking (as DistributedSampler, unpadded)."""
+resumes exactly and ranks share an epoch without talking (as DistributedSampler, unpadded);
+the validation split is a function of the seed alone, so runs with one seed compare."""
 
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ from resnetlab.errors import UserError
 
 def seed_of(*key: int) -> int:
     """A 63-bit seed hashed from the whole tuple: (seed=0, epoch=1) and (seed=1, epoch=0)
-    give unrelated streams, which ``seed + epoch`` would not."""
-    if any(k < 0 for k in key):
-        raise ValueError(f"seed keys must be non-negative, got {key}")
+    give unrelated streams, which ``seed + epoch`` would not (negative keys: numpy's ValueError)."""
     state = np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0]
     return int(state) & 0x7FFF_FFFF_FFFF_FFFF
 
@@ -30,11 +29,21 @@ AUGMENT_STREAM = 1
 SPLIT_STREAM = 2
 
 
-def check_positive(**numbers: int) -> None:
-    """One line naming the flag, e.g. ``batch-size must be positive, got 0``."""
+def holdout_split(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices), both sorted, disjoint, covering ``range(n)``."""
+    if val_size < 0 or val_size >= n:
+        raise UserError(f"--val-split must be between 0 and {n - 1} (the training set has {n})")
+    perm = torch.randperm(n, generator=generator(SPLIT_STREAM, seed))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def check_numbers(*, minimum: int = 1, **numbers: int) -> None:
+    """One line naming the flag, e.g. ``batch-size must be positive, got 0`` (or ``... must
+    not be negative ...`` with ``minimum=0``)."""
     for name, value in numbers.items():
-        if value <= 0:
-            raise UserError(f"{name.replace('_', '-')} must be positive, got {value}")
+        if value < minimum:
+            must = "be positive" if minimum else "not be negative"
+            raise UserError(f"{name.replace('_', '-')} must {must}, got {value}")
 
 
 class EpochShards:
@@ -52,7 +61,7 @@ class EpochShards:
         drop_last: bool,
         where: str = "",
     ) -> None:
-        check_positive(batch_size=batch_size, world_size=world_size)
+        check_numbers(batch_size=batch_size, world_size=world_size)
         if not 0 <= rank < world_size:
             raise UserError(f"rank {rank} outside 0..{world_size - 1}")
         self.dataset_size = dataset_size

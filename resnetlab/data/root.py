@@ -4,10 +4,7 @@ resnetlab at data torchvision already downloaded."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
-
-from resnetlab.errors import UserError
 
 ENV_VAR = "RESNETLAB_DATA"
 
@@ -21,26 +18,3 @@ def default_data_root() -> Path:
 def resolve_root(data_path: str | os.PathLike | None) -> Path:
     """``--data-path`` when given, else `default_data_root`."""
     return default_data_root() if data_path is None else Path(data_path).expanduser()
-
-
-def missing_error(name: str, expected: Sequence[Path]) -> UserError:
-    """One line naming what is missing and the three ways to fix it."""
-    shown = ", ".join(str(p) for p in expected[:3])
-    if len(expected) > 3:
-        shown += f" (+{len(expected) - 3} more)"
-    return UserError(
-        f"{name} not found: expected {shown}; point --data-path or ${ENV_VAR} at a root "
-        f"that holds it, or pass --download"
-    )
-
-
-def tv_download(tv_class: type, name: str, root: Path) -> None:
-    """torchvision's download step alone (with its mirrors and MD5 checks): its constructor
-    would also unpickle the files."""
-    ds = tv_class.__new__(tv_class)
-    ds.root = str(root)
-    try:
-        ds.download()
-    except Exception as e:  # URLError, checksum RuntimeError, OSError, tarfile errors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{name}: download into {root} failed: {first}") from None
