@@ -15,3 +15,9 @@ class WriteError(UserError):
     """A result could not be written (full disk, permissions); what was there is kept."""
 
     exit_code = 1
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first line for a one-line UserError (its type when it has no message)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -24,7 +24,7 @@ import torchvision.datasets as tvd
 
 from resnetlab.data.info import DATASETS, DataWarning, get_info
 from resnetlab.data.root import ENV_VAR, resolve_root
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, first_line
 
 TV_CLASSES = {
     "mnist": tvd.MNIST,
@@ -160,8 +160,7 @@ def locate(
         try:
             ds.download()
         except Exception as e:  # URLError, checksum RuntimeError, OSError, tarfile errors
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"{name}: download into {root} failed: {first}") from None
+            raise UserError(f"{name}: download into {root} failed: {first_line(e)}") from None
         paths = found()
     if None in paths:
         shown = ", ".join(str(p) for p in files[:3])

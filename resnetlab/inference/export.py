@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from resnetlab.errors import UserError
-from resnetlab.inference import first_line
+from resnetlab.errors import UserError, first_line
 from resnetlab.io import atomic_write
 
 TOLERANCE = 1e-4  # max |onnxruntime - PyTorch|, relative to the logits' scale when above 1

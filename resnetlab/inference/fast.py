@@ -25,8 +25,7 @@ from torch import Tensor, fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from resnetlab.device import resolve_precision
-from resnetlab.errors import UserError
-from resnetlab.inference import first_line
+from resnetlab.errors import UserError, first_line
 
 _CONV_BN = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
 

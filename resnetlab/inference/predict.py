@@ -10,8 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from resnetlab.errors import UserError
-from resnetlab.inference import first_line
+from resnetlab.errors import UserError, first_line
 from resnetlab.inference.fast import optimize_for_inference
 
 # torchvision is imported inside the functions that use it: it takes over a second, and

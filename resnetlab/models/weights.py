@@ -24,7 +24,7 @@ from safetensors.torch import save
 from torch import Tensor, nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, first_line
 from resnetlab.io import atomic_write, atomic_write_json
 
 META_KEY = "resnetlab"  # the safetensors metadata key that holds our meta as JSON
@@ -119,7 +119,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict]:
             state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(
-            f"cannot read {path}: not a valid safetensors file ({_first_line(e)})"
+            f"cannot read {path}: not a valid safetensors file ({first_line(e)})"
         ) from e
     raw = metadata.get(META_KEY)
     what = f"cannot read {path}: its {META_KEY!r} metadata"
@@ -130,7 +130,7 @@ def _read_config(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path}: not a JSON file ({_first_line(e)})") from e
+        raise UserError(f"cannot read {path}: not a JSON file ({first_line(e)})") from e
     return _json_object(text, f"cannot read {path}: it")
 
 
@@ -138,7 +138,7 @@ def _json_object(text: str, what: str) -> dict:
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"{what} is not JSON ({_first_line(e)})") from e
+        raise UserError(f"{what} is not JSON ({first_line(e)})") from e
     if not isinstance(meta, dict):
         raise UserError(f"{what} is not a JSON object")
     return meta
@@ -289,8 +289,3 @@ def write_bundle(folder: str | os.PathLike, model: nn.Module, meta: Mapping[str,
     save_weights(folder / WEIGHTS_FILE, model, meta)
     atomic_write_json(folder / CONFIG_FILE, dict(meta))
     return folder
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, first_line
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -59,8 +59,7 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read experiment file {path}: {first}") from None
+        raise UserError(f"cannot read experiment file {path}: {first_line(e)}") from None
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list) or not data["runs"]:
         raise UserError(f"experiment file {path} needs a non-empty list under 'runs'")
     for i, run in enumerate(data["runs"]):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, first_line
 
 
 @dataclass
@@ -39,9 +39,8 @@ def _counted_forward(
         with torch.no_grad(), counter:
             model(x)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
-            f"{type(model).__name__} cannot take input size {tuple(input_size)}: {first}"
+            f"{type(model).__name__} cannot take input size {tuple(input_size)}: {first_line(e)}"
         ) from e
     finally:
         model.train(was_training)

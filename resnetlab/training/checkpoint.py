@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, first_line
 from resnetlab.io import atomic_write
 from resnetlab.models.weights import load_checkpoint, rebuild, resolve_weights_path
 
@@ -50,8 +50,9 @@ def load_state(path: str | Path) -> dict[str, Any]:
             "(an unsafe pickle); only files written by `resnetlab train` are accepted"
         ) from None
     except (RuntimeError, EOFError, ValueError, KeyError, zipfile.BadZipFile, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read training state {p}: corrupt or truncated ({first})") from None
+        raise UserError(
+            f"cannot read training state {p}: corrupt or truncated ({first_line(e)})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{p} is not a resnetlab training state")
     if state.get("version") != VERSION:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from resnetlab.device import DEVICE_PATTERN, PRECISIONS
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, first_line
 from resnetlab.models import get_model_entry, model_depth
 
 CIFAR = ("cifar10", "cifar100")
@@ -252,8 +252,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             f"cannot read config file {p}: {getattr(e, 'strerror', None) or e}"
         ) from None
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot parse config file {p}: {first}") from None
+        raise UserError(f"cannot parse config file {p}: {first_line(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

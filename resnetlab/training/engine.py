@@ -25,7 +25,7 @@ from tqdm import tqdm
 from resnetlab.data import DataBundle, build_loaders
 from resnetlab.data.root import resolve_root
 from resnetlab.device import resolve_channels_last, resolve_device, resolve_precision
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, first_line
 from resnetlab.models import create_model
 from resnetlab.models.weights import load_into
 from resnetlab.training import checkpoint as ckpt
@@ -398,9 +398,8 @@ def check_input(
         with torch.inference_mode():
             out = model(torch.zeros(2, *input_size))
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
         raise UserError(
-            f"{name} cannot take {dataset} images of size {list(input_size)}: {first}"
+            f"{name} cannot take {dataset} images of size {list(input_size)}: {first_line(e)}"
         ) from None
     finally:
         model.train()
