@@ -45,11 +45,8 @@ def read_record(run_dir: Path) -> dict[str, Any]:
 
 def collect(records: Path) -> list[dict[str, Any]]:
     """Every finished run (a folder with config.json and summary.json) below ``records``."""
-    out = []
-    for summary in sorted(records.glob("*/*/summary.json")):
-        entry = read_record(summary.parent)
-        out.append({"record": str(summary.parent), **entry})
-    return out
+    runs = [summary.parent for summary in sorted(records.glob("*/*/summary.json"))]
+    return [{"record": str(run), **read_record(run)} for run in runs]
 
 
 def verdict(run_dir: Path, measured: list[dict[str, Any]] | None = None) -> str:
