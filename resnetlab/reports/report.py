@@ -29,14 +29,8 @@ class RunResult:
     name: str
     model: str
     family: str
-    config: dict
     summary: dict | None  # None while the run is unfinished
     metrics: list[dict]
-
-    @property
-    def test_error(self) -> float | None:
-        test = (self.summary or {}).get("test")
-        return None if not test else 100.0 - test["top1"]
 
     @property
     def test_evaluations(self) -> int:
@@ -60,8 +54,7 @@ def collect_runs(folder: Path) -> list[RunResult]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
             raise UserError(f"{run_dir}: unreadable run files ({e})") from None
         model = config.get("model") or run_dir.name
-        runs.append(RunResult(run_dir.name, model, get_model_entry(model).family,
-                              config, summary, metrics))  # fmt: skip
+        runs.append(RunResult(run_dir.name, model, get_model_entry(model).family, summary, metrics))
     return runs
 
 
@@ -111,7 +104,7 @@ def results_table(runs: list[RunResult], exp: Experiment) -> list[str]:
     for model, group in by_model.items():
         done = [r for r in group if r.summary is not None]
         sums = [r.summary for r in done]
-        errors = [r.test_error for r in done if r.test_error is not None]
+        errors = [100.0 - s["test"]["top1"] for s in sums if s.get("test")]
         vals = [100.0 - s["best_val_acc"] for s in sums if s.get("best_val_acc") is not None]
         params = next((s.get("parameters") for s in sums), None)
         hours = [s.get("wall_time_s", 0) / 3600 for s in sums]
