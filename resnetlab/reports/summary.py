@@ -113,15 +113,13 @@ def format_summary(
     ]
     header = ("Layer (type)", "Output shape", "Params", "MACs")
     widths = [max(len(c[i]) for c in [header, *cells]) for i in range(4)]
-
     justify = (str.ljust, str.ljust, str.rjust, str.rjust)
-
-    def line(c: tuple[str, str, str, str]) -> str:
-        return "  ".join(j(v, w) for j, v, w in zip(justify, c, widths, strict=True)).rstrip()
-
+    table = [
+        "  ".join(j(v, w) for j, v, w in zip(justify, c, widths, strict=True)).rstrip()
+        for c in [header, *cells]
+    ]
     total_params = rows[0].parameters or 0
-    out = [title, "", line(header), "-" * len(line(header))]
-    out += [line(c) for c in cells]
+    out = [title, "", table[0], "-" * len(table[0]), *table[1:]]
     out += [
         "",
         f"Parameters: {total_params:,} (trainable {trainable:,})",
