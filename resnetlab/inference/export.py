@@ -31,9 +31,8 @@ def export_onnx(
 ) -> float:
     """Export ``model`` to ONNX at ``path``, verified with onnxruntime; returns the max error.
 
-    The file is written only after onnxruntime reproduced PyTorch's outputs on random
-    batches of two sizes (so the dynamic batch dimension really works) and on
-    ``check_inputs`` (preprocessed images), so a broken export never replaces a good one.
+    The file is written only after onnxruntime reproduced PyTorch on random batches of two
+    sizes (the dynamic batch dimension) and on ``check_inputs`` (preprocessed images).
     """
     try:
         import onnx  # noqa: F401  (torch.onnx needs it, and onnxscript)
@@ -42,9 +41,8 @@ def export_onnx(
     except ImportError as e:
         raise UserError(f"ONNX export needs {e.name}: pip install 'resnetlab[onnx]'") from None
     model = model.cpu().eval()
-    channels, height, width = (int(v) for v in meta["input_size"])
     gen = torch.Generator().manual_seed(0)
-    example = torch.randn(2, channels, height, width, generator=gen)
+    example = torch.randn(2, *map(int, meta["input_size"]), generator=gen)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
@@ -61,13 +59,11 @@ def export_onnx(
         except Exception as e:  # the exporter raises many kinds; a bad --opset is one
             raise UserError(f"torch.onnx could not export {meta['model']}: {first_line(e)}") from e
     program.model.metadata_props["resnetlab"] = json.dumps(meta)
-    checks = [torch.randn(3, channels, height, width, generator=gen), example[:1]]
-    if check_inputs:
-        checks.append(torch.stack(list(check_inputs)))
-    worst = 0.0
+    checks = [torch.randn(3, *example.shape[1:], generator=gen), example[:1]]
+    checks += [torch.stack(list(check_inputs))] if check_inputs else []
+    errors: list[float] = []
 
     def write_and_check(tmp: Path) -> None:
-        nonlocal worst
         program.save(str(tmp), external_data=False)
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         for x in checks:
@@ -75,7 +71,7 @@ def export_onnx(
             with torch.inference_mode():
                 want = model(x).numpy()
             error = float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
-            worst = max(worst, error)
+            errors.append(error)
             if got.shape != want.shape or not error <= TOLERANCE:
                 raise UserError(
                     f"the ONNX export of {meta['model']} disagrees with PyTorch "
@@ -83,7 +79,7 @@ def export_onnx(
                 )
 
     atomic_write(path, write_and_check)
-    return worst
+    return max(errors)
 
 
 def export_safetensors(model: nn.Module, meta: dict, path: str | os.PathLike) -> Path:
@@ -92,13 +88,10 @@ def export_safetensors(model: nn.Module, meta: dict, path: str | os.PathLike) ->
 
     path = Path(path)
     model = model.cpu().eval()
-    if path.suffix == ".safetensors":
-        save_weights(path, model, meta)
-    else:
-        write_bundle(path, model, meta)
+    write = save_weights if path.suffix == ".safetensors" else write_bundle  # file or folder
+    write(path, model, meta)
     loaded, _ = load_checkpoint(path)
-    channels, height, width = (int(v) for v in meta["input_size"])
-    x = torch.randn(2, channels, height, width, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, *map(int, meta["input_size"]), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         if not torch.equal(loaded(x), model(x)):
             raise RuntimeError(f"{path} does not reproduce the model it was written from")

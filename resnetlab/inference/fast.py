@@ -1,14 +1,7 @@
 """The fast inference path: BatchNorm folded into convolutions, channels_last, bf16 where native.
 
-In eval mode ``bn(conv(x))`` is one affine map per channel, so the BN folds into the conv's
-weights and bias (`fuse_conv_bn_eval`): one pass over memory less per layer. channels_last is
-oneDNN's native layout, so no reorder happens around each conv. bf16 halves the memory traffic
-but is emulated, slower than fp32, without AVX-512 BF16 or AMX (CPU) or Ampere and later (CUDA),
-so ``precision="auto"`` uses it only where it is native.
-
-Which BNs fold is found from the data flow (a `torch.fx` trace), not from names: a BN folds
-only when it reads a conv's output that nothing else reads. So the pre-activation networks'
-BNs that read a residual sum (a block's first BN, ``bn_final``) stay BatchNorms.
+In eval mode ``bn(conv(x))`` is one affine map per channel, so the BN folds into the conv
+(one pass over memory less per layer); channels_last is oneDNN's native layout.
 
     fast = optimize_for_inference(model)          # an eval-mode copy; model is untouched
     logits = fast(images)                         # float32 logits, under inference_mode
@@ -30,12 +23,15 @@ from resnetlab.errors import UserError, first_line
 _CONV_BN = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
 
 
-def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(conv, bn) module names where the BN reads only a conv's output and nothing else does.
+def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
+    """Fold in place every BN that reads only a conv's output, which nothing else reads.
 
-    Each module must be called exactly once in the forward pass: a shared module could
-    not be folded for one call site without changing the others.
+    Found from the data flow (a `torch.fx` trace), not from names, so the pre-activation
+    BNs that read a residual sum stay; each module must be called once, as a shared one
+    cannot fold for one call only. The BNs become `nn.Identity`; returns the (conv, bn) names.
     """
+    if model.training:  # folding bakes in the running statistics
+        raise UserError("fold BatchNorm only in eval mode: call model.eval() first")
     try:
         graph = fx.Tracer().trace(model)
     except Exception as e:  # fx raises many types for data-dependent control flow
@@ -58,22 +54,9 @@ def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
             and bn.running_mean is not None  # track_running_stats=False: batch statistics
             and conv.out_channels == bn.num_features
             and len(source.users) == 1
-            and calls[source.target] == 1
-            and calls[node.target] == 1
+            and calls[source.target] == calls[node.target] == 1
         ):
             pairs.append((source.target, node.target))
-    return pairs
-
-
-def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
-    """Fold every foldable BN into its conv, in place; the BNs become `nn.Identity`.
-
-    The model must be in eval mode: folding bakes in the running statistics, which a
-    training-mode BN would not use. Returns the folded (conv, bn) names.
-    """
-    if model.training:
-        raise UserError("fold BatchNorm only in eval mode: call model.eval() first")
-    pairs = foldable_pairs(model)
     for conv_name, bn_name in pairs:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
         model.set_submodule(conv_name, fuse_conv_bn_eval(conv, bn))
@@ -82,10 +65,8 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
 
 
 class InferenceModel(nn.Module):
-    """Runs the optimised copy under `torch.inference_mode`, converting inputs and outputs.
+    """Runs the optimised copy under `torch.inference_mode`; any float input, float32 output.
 
-    Inputs of any float dtype and layout are accepted (converted to the model's dtype and
-    memory format); outputs are float32, so callers need not know which path ran.
     Training it is refused: its BNs are folded and its weights may be bf16.
     """
 
@@ -142,14 +123,12 @@ def optimize_for_inference(
     ``compile`` is opt-in because every new input shape compiles again, for tens of seconds.
     """
     param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    precision = resolve_precision(precision, device)
+    precision = resolve_precision(precision, param.device if param is not None else "cpu")
     fast = copy.deepcopy(model).eval().requires_grad_(False)
     folded = fold_batchnorm(fast) if fold_bn else []
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    fast = fast.to(dtype=dtype)
-    if channels_last:
-        fast = fast.to(memory_format=torch.channels_last)
+    fmt = torch.channels_last if channels_last else torch.preserve_format
+    fast = fast.to(dtype=dtype, memory_format=fmt)
     wrapper = InferenceModel(fast, dtype, channels_last, compile=compile)
     wrapper.folded = folded
     return wrapper

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ class Prediction:
 
 def preprocess_fn(meta: dict) -> Callable[[Tensor], Tensor]:
     """The evaluation preprocessing a checkpoint's meta describes, for one uint8 CHW image."""
-    from torchvision.transforms.v2 import functional as TF
+    from torchvision.transforms import v2 as T
 
     missing = [k for k in ("input_size", "mean", "std") if not meta.get(k)]
     if missing:
@@ -49,18 +50,12 @@ def preprocess_fn(meta: dict) -> Callable[[Tensor], Tensor]:
     mean, std = [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
     if len(mean) != channels or len(std) != channels:
         raise UserError(f"the checkpoint's mean/std have not {channels} values")
-    resize_size = meta.get("resize_size")
-
-    def prepare(image: Tensor) -> Tensor:
-        if resize_size:  # image-folder data: resize the shorter side, then centre-crop
-            image = TF.resize(image, [int(resize_size)], antialias=True)
-            image = TF.center_crop(image, [height, width])
-        elif tuple(image.shape[-2:]) != (height, width):  # in-memory data: already that size
-            image = TF.resize(image, [height, width], antialias=True)
-        image = TF.to_dtype(image, torch.float32, scale=True)
-        return TF.normalize(image, mean, std)
-
-    return prepare
+    resize = meta.get("resize_size")
+    if resize:  # image-folder data: resize the shorter side, then centre-crop
+        size = [T.Resize(int(resize)), T.CenterCrop([height, width])]
+    else:  # in-memory data: already that size, which Resize leaves as it is
+        size = [T.Resize([height, width])]
+    return T.Compose([*size, T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
 
 
 def read_image(path: str | os.PathLike, channels: int) -> Tensor:
@@ -129,42 +124,32 @@ def iter_predictions(
     classes = list(meta.get("classes") or [])
     model = optimize_for_inference(model, precision=precision)
 
-    def sources() -> Iterator[tuple[str, Tensor | Path]]:
-        for i, image in enumerate(images):
-            if isinstance(image, Tensor):
-                yield f"<tensor {i}>", image
+    def prepared() -> Iterator[tuple[Prediction, Tensor | None]]:
+        for i, item in enumerate(images):
+            if isinstance(item, Tensor):
+                named = [(f"<tensor {i}>", item)]
             else:
-                yield from ((str(path), path) for path in find_images([image]))
+                named = ((str(path), path) for path in find_images([item]))
+            for name, source in named:
+                try:
+                    image = read_image(source, channels) if isinstance(source, Path) else source
+                    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != channels:
+                        raise UserError(f"{name}: expected a uint8 [{channels}, H, W] tensor")
+                    yield Prediction(name), prepare(image)
+                except UserError as e:
+                    yield Prediction(name, error=str(e)), None
 
-    batch: list[tuple[Prediction, Tensor]] = []
-
-    def flush() -> Iterator[Prediction]:
-        if not batch:
-            return
-        x = torch.stack([t for _, t in batch]).to(device)
-        with torch.inference_mode():
-            probs = torch.softmax(model(x).float(), dim=1)
-        values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
-        for (pred, _), vals, idxs in zip(batch, values.tolist(), indices.tolist(), strict=True):
-            names = [classes[i] if i < len(classes) else str(i) for i in idxs]
-            pred.topk = list(zip(idxs, names, vals, strict=True))
-            yield pred
-        batch.clear()
-
-    for name, source in sources():
-        try:
-            image = read_image(source, channels) if isinstance(source, Path) else source
-            if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != channels:
-                raise UserError(f"{name}: expected a uint8 [{channels}, H, W] tensor")
-            x = prepare(image)
-        except UserError as e:
-            yield from flush()  # first, so results keep their input order around the failed image
-            yield Prediction(name, error=str(e))
-            continue
-        batch.append((Prediction(name), x))
-        if len(batch) == batch_size:
-            yield from flush()
-    yield from flush()
+    stream = prepared()
+    while chunk := list(islice(stream, batch_size)):  # failed images keep their place in it
+        ready = [(pred, x) for pred, x in chunk if x is not None]
+        if ready:
+            with torch.inference_mode():
+                logits = model(torch.stack([x for _, x in ready]).to(device))
+            values, indices = torch.softmax(logits.float(), dim=1).topk(min(topk, logits.shape[1]))
+            for (pred, _), vals, idxs in zip(ready, values.tolist(), indices.tolist(), strict=True):
+                names = [classes[i] if i < len(classes) else str(i) for i in idxs]
+                pred.topk = list(zip(idxs, names, vals, strict=True))
+        yield from (pred for pred, _ in chunk)
 
 
 def predict(
@@ -185,8 +170,7 @@ def predict(
     from resnetlab.models.weights import load_checkpoint
 
     if isinstance(checkpoint, tuple):
-        model, meta = checkpoint
-        model = model.to(device)
+        model, meta = checkpoint[0].to(device), checkpoint[1]
     else:
         model, meta = load_checkpoint(checkpoint, map_location=device)
     if isinstance(images, (str, os.PathLike, Tensor)):

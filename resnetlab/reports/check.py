@@ -1,9 +1,8 @@
 """Is a run's test error what we measured for the same model and recipe? The verdict line.
 
-Our measurements ship with the package (measured.json): one entry per finished run committed
-under docs/results/, its result-relevant settings and its test error. Regenerate it after
-adding records: ``python -m resnetlab.reports.check docs/results > resnetlab/reports/measured.json``
-(tests/test_reproduce.py checks that the two agree).
+measured.json holds every finished run committed under docs/results/: its result-relevant
+settings and test error. After adding records (tests/test_check.py checks they agree):
+``python -m resnetlab.reports.check docs/results > resnetlab/reports/measured.json``
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from resnetlab.reports.experiment import Experiment
 # pyplot at the top, not in the functions: `import resnetlab` never imports this module, so a
 # lazy import would keep nothing fast. Agg: the pictures go to files, no display is needed.
 matplotlib.use("Agg")
+NUMERIC = ("epoch", "iteration", "train_loss", "train_acc", "eval_loss", "eval_acc", "seconds")
 
 
 @dataclass
@@ -28,14 +29,8 @@ class RunResult:
     name: str
     model: str
     family: str
-    config: dict
     summary: dict | None  # None while the run is unfinished
     metrics: list[dict]
-
-    @property
-    def test_error(self) -> float | None:
-        test = (self.summary or {}).get("test")
-        return None if not test else 100.0 - test["top1"]
 
     @property
     def test_evaluations(self) -> int:
@@ -59,8 +54,7 @@ def collect_runs(folder: Path) -> list[RunResult]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
             raise UserError(f"{run_dir}: unreadable run files ({e})") from None
         model = config.get("model") or run_dir.name
-        runs.append(RunResult(run_dir.name, model, get_model_entry(model).family,
-                              config, summary, metrics))  # fmt: skip
+        runs.append(RunResult(run_dir.name, model, get_model_entry(model).family, summary, metrics))
     return runs
 
 
@@ -68,10 +62,8 @@ def read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    numeric = ("epoch", "iteration", "train_loss", "train_acc", "eval_loss", "eval_acc", "seconds")
-    return [{k: (float(v) if k in numeric and v not in ("", None) else v) for k, v in r.items()}
-            for r in rows]  # fmt: skip
+        return [{k: float(v) if k in NUMERIC and v not in ("", None) else v for k, v in r.items()}
+                for r in csv.DictReader(f)]  # fmt: skip
 
 
 def write_report(folder: Path, exp: Experiment) -> Path:
@@ -111,14 +103,11 @@ def results_table(runs: list[RunResult], exp: Experiment) -> list[str]:
     ]
     for model, group in by_model.items():
         done = [r for r in group if r.summary is not None]
-        errors = [r.test_error for r in done if r.test_error is not None]
-        vals = [100.0 - r.summary["best_val_acc"] for r in done
-                if r.summary.get("best_val_acc") is not None]  # fmt: skip
-        params = next((r.summary.get("parameters") for r in done), None)
-        epochs = sorted({r.summary.get("epochs") for r in done})
-        hours = [r.summary.get("wall_time_s", 0) / 3600 for r in done]
-        hardware = sorted({f"{r.summary.get('device')} ({r.summary.get('device_name')})"
-                           for r in done})  # fmt: skip
+        sums = [r.summary for r in done]
+        errors = [100.0 - s["test"]["top1"] for s in sums if s.get("test")]
+        vals = [100.0 - s["best_val_acc"] for s in sums if s.get("best_val_acc") is not None]
+        params = next((s.get("parameters") for s in sums), None)
+        hours = [s.get("wall_time_s", 0) / 3600 for s in sums]
         pending = len(group) - len(done)
         unfinished = f"({pending} unfinished)" if pending else ""
         cells = [
@@ -127,10 +116,10 @@ def results_table(runs: list[RunResult], exp: Experiment) -> list[str]:
             paper_cell(exp, model),
             " ".join(filter(None, [mean_std(errors), unfinished])),
             mean_std(vals),
-            "/".join(str(e) for e in epochs),
+            "/".join(str(e) for e in sorted({s.get("epochs") for s in sums})),
             "/".join(str(n) for n in sorted({r.test_evaluations for r in done})),
             f"{statistics.mean(hours):.2f} h" if hours else "",
-            ", ".join(hardware),
+            ", ".join(sorted({f"{s.get('device')} ({s.get('device_name')})" for s in sums})),
         ]
         rows.append(f"| {' | '.join(cells)} |")
     return rows
@@ -139,10 +128,6 @@ def results_table(runs: list[RunResult], exp: Experiment) -> list[str]:
 def is_evaluated(m: dict) -> bool:
     """Whether a metrics.csv row's epoch was evaluated (every one, unless ``--eval-every``)."""
     return isinstance(m.get("eval_acc"), float)
-
-
-def evaluated(metrics: list[dict]) -> list[dict]:
-    return [m for m in metrics if is_evaluated(m)]
 
 
 def tested_for_the_record(run: RunResult) -> bool:
@@ -249,12 +234,10 @@ def plot_degradation(runs: list[RunResult], path: Path) -> None:
             color = colors.setdefault(r.model, f"C{len(colors)}")
             its = [m["iteration"] / 1e4 for m in r.metrics]
             ax.plot(its, [100 - m["train_acc"] for m in r.metrics], "--", color=color, lw=1)
-            shown = evaluated(r.metrics)
+            shown = [m for m in r.metrics if is_evaluated(m)]
             ax.plot([m["iteration"] / 1e4 for m in shown], [100 - m["eval_acc"] for m in shown],
                     "-", color=color, lw=1.5, label=label)  # fmt: skip
-        ax.set_title(f"{title} on CIFAR-10")
-        ax.set_xlabel("iterations (1e4)")
-        ax.set_ylim(0, top)
+        ax.set(title=f"{title} on CIFAR-10", xlabel="iterations (1e4)", ylim=(0, top))
         ax.grid(alpha=0.3)
         if chosen:
             ax.legend(loc="upper right")
@@ -272,23 +255,20 @@ def plot_all_curves(runs: list[RunResult], path: Path, exp: Experiment | None = 
     shown = [r for r in runs if r.metrics]
     cols = min(4, len(shown))
     rows = math.ceil(len(shown) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, r in zip(axes.flat, shown, strict=False):
+    fig = plt.figure(figsize=(4 * cols, 3 * rows), layout="tight")
+    for i, r in enumerate(shown, 1):
+        ax = fig.add_subplot(rows, cols, i)
         epochs = [m["epoch"] for m in r.metrics]
         ax.plot(epochs, [m["train_acc"] for m in r.metrics], label="train")
-        looks = evaluated(r.metrics)
+        looks = [m for m in r.metrics if is_evaluated(m)]
         split = (looks[-1].get("eval_split") if looks else "") or "held-out"
         ax.plot([m["epoch"] for m in looks], [m["eval_acc"] for m in looks], label=split)
         published = exp.published_error(r.model) if exp else None
         if split == "test" and published is not None:
             ax.axhline(100 - published, color="grey", ls=":", label=f"paper {100 - published:.2f}")
         ax.set_title(r.name, fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy (%)")
+        ax.set(xlabel="epoch", ylabel="accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(shown) :]:
-        ax.axis("off")
-    fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)

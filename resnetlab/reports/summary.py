@@ -23,16 +23,49 @@ class LayerRow:
     macs: int | None  # None on repeated calls (the counter sums all calls of a module)
 
 
-def _counted_forward(
-    model: nn.Module, input_size: tuple[int, ...], batch_size: int
-) -> FlopCounterMode:
-    """One eval-mode, no-grad forward pass under a FlopCounterMode; the model's mode is kept."""
+def count_macs(model: nn.Module, input_size: tuple[int, ...], batch_size: int = 1) -> int:
+    """Multiply-accumulates of one forward pass over ``batch_size`` inputs of ``input_size``.
+
+    Counts convolutions and matrix products (what torchvision's "GFLOPS" count);
+    works on any device, including meta. FLOPs are twice this.
+    """
+    return layer_rows(model, input_size, batch_size)[1]
+
+
+def layer_rows(
+    model: nn.Module, input_size: tuple[int, ...], batch_size: int = 1
+) -> tuple[list[LayerRow], int]:
+    """The layer tree in call order with output shapes, and the total MACs.
+
+    Counted on one eval-mode, no-grad forward pass of zeros; the model's mode is kept.
+    """
+    input_size = tuple(input_size)
     if len(input_size) != 3 or any(d < 1 for d in input_size):
-        raise UserError(f"input size must be 3 positive numbers (C H W), got {tuple(input_size)}")
+        raise UserError(f"input size must be 3 positive numbers (C H W), got {input_size}")
+    rows: list[LayerRow] = []
+    running: list[LayerRow] = []  # the calls under way, innermost last
+    seen: set[int] = set()
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def before(module: nn.Module, _inputs: object) -> None:
+        name = names[id(module)]
+        params = sum(p.numel() for p in module.parameters()) if id(module) not in seen else None
+        seen.add(id(module))
+        depth = 0 if name == "" else name.count(".") + 1
+        rows.append(LayerRow(name, type(module).__name__, depth, None, params, None))
+        running.append(rows[-1])
+
+    def after(module: nn.Module, _inputs: object, output: object) -> None:
+        row = running.pop()
+        if isinstance(output, torch.Tensor):
+            row.output_shape = tuple(output.shape)
+
     param = next((p for p in model.parameters() if p.is_floating_point()), None)
     device, dtype = (param.device, param.dtype) if param is not None else ("cpu", torch.float32)
     x = torch.zeros(batch_size, *input_size, device=device, dtype=dtype)
     counter = FlopCounterMode(display=False)
+    handles = [m.register_forward_pre_hook(before) for m in model.modules()]
+    handles += [m.register_forward_hook(after) for m in model.modules()]
     was_training = model.training
     model.eval()  # a train-mode pass would update the BatchNorm running statistics
     try:
@@ -44,47 +77,6 @@ def _counted_forward(
         ) from e
     finally:
         model.train(was_training)
-    return counter
-
-
-def count_macs(model: nn.Module, input_size: tuple[int, ...], batch_size: int = 1) -> int:
-    """Multiply-accumulates of one forward pass over ``batch_size`` inputs of ``input_size``.
-
-    Counts convolutions and matrix products (what torchvision's "GFLOPS" count);
-    works on any device, including meta. FLOPs are twice this.
-    """
-    return _counted_forward(model, tuple(input_size), batch_size).get_total_flops() // 2
-
-
-def layer_rows(
-    model: nn.Module, input_size: tuple[int, ...], batch_size: int = 1
-) -> tuple[list[LayerRow], int]:
-    """The layer tree in call order with output shapes, and the total MACs."""
-    rows: list[LayerRow] = []
-    open_rows: dict[int, list[LayerRow]] = {}
-    seen: set[int] = set()
-    names = {id(m): n for n, m in model.named_modules()}
-
-    def before(module: nn.Module, _inputs: object) -> None:
-        name = names[id(module)]
-        first = id(module) not in seen
-        seen.add(id(module))
-        params = sum(p.numel() for p in module.parameters()) if first else None
-        depth = 0 if name == "" else name.count(".") + 1
-        row = LayerRow(name, type(module).__name__, depth, None, params, None)
-        rows.append(row)
-        open_rows.setdefault(id(module), []).append(row)
-
-    def after(module: nn.Module, _inputs: object, output: object) -> None:
-        row = open_rows[id(module)].pop()
-        if isinstance(output, torch.Tensor):
-            row.output_shape = tuple(output.shape)
-
-    handles = [m.register_forward_pre_hook(before) for m in model.modules()]
-    handles += [m.register_forward_hook(after) for m in model.modules()]
-    try:
-        counter = _counted_forward(model, tuple(input_size), batch_size)
-    finally:
         for h in handles:
             h.remove()
 
@@ -120,16 +112,13 @@ def format_summary(
     ]
     header = ("Layer (type)", "Output shape", "Params", "MACs")
     widths = [max(len(c[i]) for c in [header, *cells]) for i in range(4)]
-
-    def line(c: tuple[str, str, str, str]) -> str:
-        return (
-            f"{c[0].ljust(widths[0])}  {c[1].ljust(widths[1])}  "
-            f"{c[2].rjust(widths[2])}  {c[3].rjust(widths[3])}"
-        ).rstrip()
-
+    justify = (str.ljust, str.ljust, str.rjust, str.rjust)
+    table = [
+        "  ".join(j(v, w) for j, v, w in zip(justify, c, widths, strict=True)).rstrip()
+        for c in [header, *cells]
+    ]
     total_params = rows[0].parameters or 0
-    out = [title, "", line(header), "-" * len(line(header))]
-    out += [line(c) for c in cells]
+    out = [title, "", table[0], "-" * len(table[0]), *table[1:]]
     out += [
         "",
         f"Parameters: {total_params:,} (trainable {trainable:,})",
