@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import signal
 import sys
+import threading
 import warnings
 
 from resnetlab.errors import UserError
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     only = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(only)
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    on_main = threading.current_thread() is threading.main_thread()  # else signal() raises
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
         return int(args._run(args) or 0)
     except UserError as e:
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resnetlab {args.command}: {what}", file=sys.stderr)
         return getattr(e, "exit_code", 130)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
