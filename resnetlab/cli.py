@@ -1,19 +1,19 @@
 """`resnetlab COMMAND ...`: one entry point, one module per command.
 
-Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``
-and is imported only when its command runs, so `resnetlab models` stays fast.
+Each command's module is imported only when it runs, so `resnetlab models` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import signal
 import sys
+import threading
 import warnings
 
 from resnetlab.errors import UserError
+from resnetlab.version import __version__
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -35,17 +35,13 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _available() -> dict[str, tuple[str, str]]:
-    return {name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0])}
-
-
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser; with ``only``, just that command's module is imported."""
     parser = OneLineParser(prog="resnetlab", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
-    for name, (module_name, help_text) in _available().items():
+    for name, (module_name, help_text) in COMMANDS.items():
         if only is not None and name != only:
             sub.add_parser(name, help=help_text)
             continue
@@ -55,17 +51,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
-
-
-def _version() -> str:
-    from resnetlab import __version__
-
-    return f"resnetlab {__version__}"
-
-
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
-    """Warnings (e.g. a dataset file's checksum) as one line, without source code."""
-    return f"resnetlab: warning: {message}\n"
 
 
 class Terminated(KeyboardInterrupt):
@@ -81,11 +66,12 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    warnings.formatwarning = _one_line_warning
+    # Warnings (e.g. a dataset file's checksum) as one line, without source code.
+    warnings.formatwarning = lambda message, *_: f"resnetlab: warning: {message}\n"
     only = argv[0] if argv and argv[0] in COMMANDS else None
-    parser = build_parser(only)
-    args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    args = build_parser(only).parse_args(argv)
+    on_main = threading.current_thread() is threading.main_thread()  # else signal() raises
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
         return int(args._run(args) or 0)
     except UserError as e:
@@ -96,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resnetlab {args.command}: {what}", file=sys.stderr)
         return getattr(e, "exit_code", 130)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -30,11 +31,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # one list for train, eval, predi
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """ "auto" -> bf16 where the hardware computes it natively, else fp32; others are checked.
-
-    Emulated bf16 is many times slower than fp32 (oneDNN on an AVX2-only CPU), so asking
-    for it there warns; fp16 needs CUDA (training relies on a GradScaler, which is CUDA's).
-    """
+    """ "auto" -> bf16 where the hardware computes it natively, else fp32; others are checked:
+    emulated bf16 warns, fp16 needs CUDA (training relies on a GradScaler, which is CUDA's)."""
     device = torch.device(device)
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
@@ -55,11 +53,9 @@ def resolve_channels_last(channels_last: bool | None, device: torch.device) -> b
 
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:
-    """True where bf16 runs in hardware: emulated bf16 is many times slower than fp32.
-
-    x86 CPUs report AVX512-BF16 and AMX through torch's cpuinfo (private functions, so
-    guarded); CUDA devices say whether bf16 is supported without emulation.
-    """
+    """True where bf16 runs in hardware: emulated bf16 (oneDNN on an AVX2-only CPU) is many
+    times slower than fp32. x86 CPUs report AVX512-BF16 and AMX through torch's cpuinfo
+    (private functions, so guarded); CUDA says whether it supports bf16 without emulation."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
@@ -71,12 +67,11 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
 
 def _cpuinfo(field: str) -> str | None:
     """The first value of ``field`` in /proc/cpuinfo (Linux), else None."""
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.split(":", 1)[0].strip() == field:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+            key, _, value = line.partition(":")
+            if key.strip() == field:
+                return value.strip()
     return None
 
 

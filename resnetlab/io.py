@@ -19,11 +19,8 @@ from resnetlab.errors import WriteError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)``, fsync the file, then rename it over ``path``.
-
-    The temporary file lives in the same folder, so `os.replace` is a rename
-    within one filesystem and therefore atomic.
-    """
+    """Call ``write(tmp_path)``, fsync the file, then rename it over ``path``: the temporary
+    file is in the same folder, so `os.replace` renames within one filesystem, atomically."""
     path = Path(path)
     tmp_path = None
     try:
@@ -32,10 +29,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         os.close(fd)
         tmp_path = Path(tmp)
         write(tmp_path)
-        # mkstemp makes 0600 (and some writers replace the file): give what open() gives
-        os.chmod(tmp_path, 0o666 & ~_umask())
+        # mkstemp makes 0600 (and some writers replace the file): give what open() gives.
+        # The umask is read by setting it, so it is set straight back.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         with open(tmp_path, "rb+") as f:
-            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
     except BaseException as e:
@@ -45,7 +44,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         if isinstance(e, OSError):  # a full disk, permissions, a file-size limit
             raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
         raise
-    _fsync_dir(path.parent)
+    with contextlib.suppress(OSError):  # make the rename durable; not where folders won't open
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -53,25 +57,4 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def _umask() -> int:
-    """The process umask (read by setting it, so set it straight back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")

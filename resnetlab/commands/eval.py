@@ -41,20 +41,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
-def _run_config(path: Path) -> tuple[Path, dict]:
-    """The folder the checkpoint belongs to and that run's config.json ({} if none)."""
-    folder = path if path.is_dir() else path.parent
-    cfg_file = folder / "config.json"
-    if cfg_file.is_file():
-        try:
-            cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            cfg = {}
-        if isinstance(cfg, dict) and "val_split" in cfg:  # a training config, not a bundle's meta
-            return folder, cfg
-    return folder, {}
-
-
 def run(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint).expanduser()
     if not path.exists():
@@ -63,7 +49,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = resolve_device(args.device)
     resolve_precision(args.precision, device)
-    folder, run_cfg = _run_config(path)
+    folder = path if path.is_dir() else path.parent
+    try:  # the run's config.json gives the defaults below
+        run_cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        run_cfg = {}
+    if not isinstance(run_cfg, dict) or "val_split" not in run_cfg:  # e.g. a bundle's meta
+        run_cfg = {}
     model, meta, source = load_trained(path, device)
 
     dataset = args.dataset or meta.get("dataset")

@@ -52,11 +52,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint).expanduser()
     model, meta = load_checkpoint(checkpoint)
     prepare = preprocess_fn(meta)  # also checks the meta has the input size, mean and std
-    output = (
-        Path(args.output).expanduser()
-        if args.output
-        else default_output(checkpoint, meta, args.format)
-    )
+    default = default_output(checkpoint, meta, args.format)
+    output = Path(args.output).expanduser() if args.output else default
     if args.format == "safetensors":
         if args.images or args.opset is not None:
             raise UserError("--images and --opset only apply to --format onnx")

@@ -23,9 +23,7 @@ def add_setting(p: argparse.ArgumentParser | Any, name: str, **override: Any) ->
         plain = meta.get("negatable", True) is False
         kw["action"] = "store_true" if plain else argparse.BooleanOptionalAction
     else:
-        kw["type"] = kind(f)
-        if meta.get("choices"):
-            kw["choices"] = meta["choices"]
+        kw.update(type=kind(f), choices=meta.get("choices"))
     kw.update(override)
     p.add_argument(*options, **kw)
 
@@ -42,7 +40,7 @@ def add_training_settings(p: argparse.ArgumentParser) -> None:
         add_setting(groups[group] if group else p, name)
 
 
-def add_checkpoint(p: argparse.ArgumentParser, what: str = "a run folder or .safetensors") -> None:
+def add_checkpoint(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR_OR_FILE", help=what)
 
 

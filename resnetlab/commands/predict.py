@@ -23,7 +23,7 @@ import sys
 from resnetlab.commands.flags import add_checkpoint, add_inference
 from resnetlab.device import resolve_device
 from resnetlab.errors import UserError
-from resnetlab.inference.predict import Prediction, iter_predictions
+from resnetlab.inference.predict import iter_predictions
 from resnetlab.models.weights import load_checkpoint
 
 
@@ -57,17 +57,12 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             results.append(pred.to_json())
         else:
-            print(_format(pred), flush=True)
+            width = max(len(name) for _, name, _ in pred.topk)
+            print(pred.image, flush=True)
+            for r, (_, name, p) in enumerate(pred.topk, 1):
+                print(f"  {r:>2}  {name:<{width}}  {100 * p:6.2f}%", flush=True)
     if not done and not failed:
         raise UserError(f"no images found in {', '.join(args.images)}")
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if failed else 0
-
-
-def _format(pred: Prediction) -> str:
-    width = max(len(name) for _, name, _ in pred.topk)
-    rows = [
-        f"  {r:>2}  {name:<{width}}  {100 * p:6.2f}%" for r, (_, name, p) in enumerate(pred.topk, 1)
-    ]
-    return "\n".join([pred.image, *rows])

@@ -20,7 +20,6 @@ from typing import Any
 from resnetlab.commands.flags import add_setting
 from resnetlab.errors import UserError
 from resnetlab.reports.experiment import (
-    Experiment,
     RunSpec,
     expand,
     list_experiments,
@@ -67,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         train_run(spec, run_dir, overrides, args.epochs_scale, resume=state != "new")
     if not args.dry_run:
-        path = write_report(out_root, exp)
-        print(f"report: {path}")
+        print(f"report: {write_report(out_root, exp)}")
     return 0
 
 
@@ -99,6 +97,3 @@ def train_run(
     cfg = resolve_run(spec, run_dir, overrides, epochs_scale)
     check_output_dir(run_dir, overwrite=False)
     return train(cfg, run_dir)
-
-
-__all__ = ["Experiment", "add_arguments", "resolve_run", "run", "run_state"]

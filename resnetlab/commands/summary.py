@@ -40,16 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     entry = get_model_entry(args.model)
-    input_size = tuple(args.input_size) if args.input_size else entry.input_size
-    in_channels = args.in_channels
-    if in_channels is None:
-        in_channels = input_size[0]
-    elif args.input_size is None:
-        input_size = (in_channels, *entry.input_size[1:])
-    elif in_channels != input_size[0]:
+    input_size = tuple(args.input_size or entry.input_size)
+    in_channels = input_size[0] if args.in_channels is None else args.in_channels
+    if args.input_size and in_channels != input_size[0]:
         raise UserError(
             f"--input-size has {input_size[0]} channels but --in-channels is {in_channels}"
         )
+    input_size = (in_channels, *input_size[1:])
     if args.depth < 0:
         raise UserError(f"--depth must be 0 (all) or more, got {args.depth}")
 

@@ -34,7 +34,6 @@ from resnetlab.device import resolve_device, resolve_precision
 from resnetlab.errors import UserError
 from resnetlab.training import distributed
 from resnetlab.training.config import SETTINGS, TrainConfig, load_config_file, resolve_config
-from resnetlab.training.distributed import World, world_from_env
 from resnetlab.training.engine import TrainingDiverged, resplit_batch, train
 from resnetlab.training.run_folder import SUMMARY, check_output_dir, read_run
 
@@ -53,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     Everything that can refuse the input happens before the processes meet, so a bad
     flag is one line (from local rank 0) and exit 2 on every rank, never a hang.
     """
-    world = world_from_env()
+    world = distributed.world_from_env()
     try:
         flags = {k: getattr(args, k) for k in SETTINGS if getattr(args, k, None) is not None}
         if args.resume:
@@ -82,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
         if world.local_rank != 0:  # every rank read the same flags and files: one says so
             raise SystemExit(e.exit_code) from None
         raise
-    quiet = open(os.devnull, "w") if not world.is_main else None  # noqa: SIM115
     try:
         with (
-            contextlib.redirect_stdout(quiet or sys.stdout),  # tqdm and print: rank 0 only
+            open(os.devnull, "w") as quiet,  # tqdm and print: rank 0 only
+            contextlib.redirect_stdout(sys.stdout if world.is_main else quiet),
             distributed.process_group(world, device),
         ):
             if cfg.download and world.world_size > 1:
@@ -106,13 +105,10 @@ def run(args: argparse.Namespace) -> int:
         if not world.is_main:  # this rank's own trouble (e.g. an image in its shard)
             e.args = (f"rank {world.rank}: {e}",)
         raise
-    finally:
-        if quiet is not None:
-            quiet.close()
     return 0
 
 
-def download_once(cfg: TrainConfig, world: World) -> None:
+def download_once(cfg: TrainConfig, world: distributed.World) -> None:
     """--download under torchrun: each machine's first process fetches, the others wait."""
     if world.local_rank == 0 and cfg.dataset != "folder":
         name = get_info(cfg.dataset).name

@@ -30,16 +30,10 @@ from resnetlab.io import atomic_write, atomic_write_json
 META_KEY = "resnetlab"  # the safetensors metadata key that holds our meta as JSON
 WEIGHTS_FILE = "model.safetensors"  # the weights inside an exported bundle folder
 CONFIG_FILE = "config.json"  # the meta inside an exported bundle folder, for humans and tools
-# A run folder holds best.safetensors and last.safetensors; an exported bundle model.safetensors.
 RUN_FILES = ("best.safetensors", "last.safetensors", WEIGHTS_FILE)
 
-# Wrappers that only add a prefix to every key: DataParallel/DDP and torch.compile.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Where other code bases keep a state_dict inside a checkpoint dict.
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "net")
-# The torchvision reference scripts save their argparse namespace next to the weights:
-# it is a plain attribute bag, safe to rebuild.
-_EXTRA_SAFE_GLOBALS = [argparse.Namespace]
 
 
 def save_weights(path: str | os.PathLike, model: nn.Module, meta: Mapping[str, Any]) -> None:
@@ -70,7 +64,7 @@ def strip_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Remove the prefixes DataParallel/DDP (``module.``) and torch.compile (``_orig_mod.``) add,
     in either nesting order, and ``_orig_mod.`` where a compiled submodule put it mid-key."""
     state = dict(state_dict)
-    for prefix in _WRAPPER_PREFIXES * 2:
+    for prefix in ("module.", "_orig_mod.") * 2:
         consume_prefix_in_state_dict_if_present(state, prefix)
     return {k.replace("._orig_mod.", "."): v for k, v in state.items()}
 
@@ -94,10 +88,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
     """A state_dict and our meta ({} for foreign files) from a .safetensors file, a PyTorch
     state_dict (maybe wrapped as {"state_dict": ...} or {"model": ...}), a run or bundle folder."""
     p = resolve_weights_path(path)
-    if _is_safetensors(p):
-        state, meta = _read_safetensors(p)
-    else:
-        state, meta = _read_torch(p), {}
+    state, meta = _read_safetensors(p) if _is_safetensors(p) else (_read_torch(p), {})
     if not meta and p.name == WEIGHTS_FILE and (p.parent / CONFIG_FILE).is_file():
         meta = _read_config(p.parent / CONFIG_FILE)
     return strip_prefixes(state), meta
@@ -147,8 +138,10 @@ def _json_object(text: str, what: str) -> dict:
 def _read_torch(path: Path) -> dict[str, Tensor]:
     """torch.load with weights_only=True: a payload that needs any other global is refused."""
     try:
-        # torch warns about pickle protocols it may not support; the outcome is what counts.
-        with torch.serialization.safe_globals(_EXTRA_SAFE_GLOBALS), warnings.catch_warnings():
+        # torchvision's reference scripts save their argparse namespace next to the weights: a
+        # plain attribute bag, safe to rebuild. torch warns about pickle protocols it may not
+        # support; the outcome is what counts.
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -178,11 +171,8 @@ def _read_torch(path: Path) -> dict[str, Tensor]:
 
 def _extract_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
     if isinstance(obj, Mapping) and not _is_state_dict(obj):
-        for key in _WRAPPER_KEYS:
-            if isinstance(obj.get(key), Mapping) and _is_state_dict(obj[key]):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not _is_state_dict(obj):
+        obj = next((obj[k] for k in _WRAPPER_KEYS if _is_state_dict(obj.get(k))), obj)
+    if not _is_state_dict(obj):
         kind = (
             f"a dict with keys {', '.join(map(str, list(obj)[:5]))}"
             if isinstance(obj, Mapping)
@@ -192,8 +182,9 @@ def _extract_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
     return dict(obj)
 
 
-def _is_state_dict(obj: Mapping) -> bool:
-    return bool(obj) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+def _is_state_dict(obj: object) -> bool:
+    items = obj.items() if isinstance(obj, Mapping) else ()
+    return bool(items) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in items)
 
 
 def adapt_keys(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
