@@ -211,22 +211,15 @@ def _train(
             if ema is not None and eval_split == "val":  # what the average adds, on record
                 raw = evaluate(net, eval_loader, **eval_kw)
         seconds = time.perf_counter() - t0
-        improved = (
-            ev is not None
-            and eval_split == "val"
-            and (run.best_acc is None or ev.top1 > run.best_acc)
-        )
         row = run.record(
             epoch + 1, stats, eval_split, ev, raw, seconds, train_seconds, step.image_size
         )
-        if improved:
-            run.best_epoch, run.best_acc = epoch + 1, ev.top1
         plot = epoch + 1 == cfg.epochs or time.monotonic() - last_plot >= PLOT_EVERY_S
         if folder.writer:
-            snapshot = training_state(model, ema, optimizer, step, cfg, run)
-            folder.commit_epoch(snapshot, published, meta, run, improved, plot)
+            snapshot = training_state(model, ema, step, cfg, run)
+            folder.commit_epoch(snapshot, published, meta, run, plot)
         last_plot = time.monotonic() if plot else last_plot
-        log(epoch_line(row, cfg.epochs, eval_split, ev, seconds, improved))
+        log(epoch_line(row, cfg.epochs, eval_split, ev, seconds, run.best_epoch == epoch + 1))
 
     t0 = time.perf_counter()
     test = None
@@ -482,18 +475,13 @@ def epoch_line(row: dict, epochs: int, split: str, ev: Any, seconds: float, impr
 
 
 def training_state(
-    model: nn.Module,
-    ema: AveragedModel | None,
-    optimizer: torch.optim.Optimizer,
-    step: TrainStep,
-    cfg: TrainConfig,
-    run: RunState,
+    model: nn.Module, ema: AveragedModel | None, step: TrainStep, cfg: TrainConfig, run: RunState
 ) -> dict[str, Any]:
     """Everything `--resume` needs to continue bit for bit (training/checkpoint.py)."""
     return {
         **({} if ema is None else {"model_ema": ema.state_dict()}),
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": step.optimizer.state_dict(),
         "scheduler": step.scheduler.state_dict(),
         "scaler": step.scaler.state_dict(),
         "rng": ckpt.rng_state(),
