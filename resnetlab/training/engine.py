@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -137,12 +138,11 @@ def _train(
         scaler=torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16"),
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
         precision=cfg.precision,
-        after_step=None if ema is None else _ema_updater(ema, model, cfg.model_ema_steps),
+        after_step=None if ema is None else partial(_update_ema, ema, model, cfg.model_ema_steps),
     )
     meta = weights_meta(cfg, bundle, ema is not None)
-    eval_loader, eval_split = (
-        (bundle.val, "val") if bundle.val is not None else (bundle.test, "test")
-    )
+    eval_split = "val" if bundle.val is not None else "test"
+    eval_loader = bundle.val if bundle.val is not None else bundle.test
 
     folder.lock()  # before the first write: bad input (above) leaves no trace
     if world.is_main and not resume:  # again, now that no other process can start here
@@ -490,22 +490,17 @@ def training_state(
     }
 
 
-def _ema_updater(ema: AveragedModel, model: nn.Module, every: int) -> Callable[[int], None]:
+def _update_ema(ema: AveragedModel, model: nn.Module, every: int, iteration: int) -> None:
     """After every ``every``-th optimizer step (counted over the run), average ``model`` in."""
-
-    def update(iteration: int) -> None:
-        if iteration % every == 0:
-            ema.update_parameters(model)
-
-    return update
+    if iteration % every == 0:
+        ema.update_parameters(model)
 
 
 def _summary_line(s: dict) -> str:
     parts = []
     if s["best_epoch"] is not None:
         parts.append(f"best val acc {s['best_val_acc']:.2f}% at epoch {s['best_epoch']}")
-    if s["test"] is not None:
-        t = s["test"]
+    if (t := s["test"]) is not None:
         parts.append(f"test top-1 {t['top1']:.2f}% top-5 {t['top5']:.2f}% loss {t['loss']:.4f}")
     return "; ".join(parts)
 
