@@ -1,9 +1,7 @@
 """Training state: what `--resume` needs to continue a run bit for bit.
 
-``last.state.pt`` holds the weights and everything else (optimizer, scheduler, scaler,
-RNG states, metrics so far); one atomic write of it commits an epoch, and the safetensors
-files are derived from it. It is read with ``weights_only=True``, so a pickled object is
-refused before it can run.
+``last.state.pt`` holds the weights and everything else (optimizer, scheduler, scaler, RNG
+states, metrics so far), read with ``weights_only=True`` so that a pickle cannot run code.
 """
 
 from __future__ import annotations
@@ -83,15 +81,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state(
-        (
-            "MT19937",
-            n["keys"].numpy().astype(np.uint32),
-            n["pos"],
-            n["has_gauss"],
-            n["cached_gaussian"],
-        )
-    )
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -102,11 +93,8 @@ def load_trained(path: Path, device: torch.device) -> tuple[nn.Module, dict, str
     the model in eval mode on ``device``, its meta and the file it came from."""
     if path.is_file() and path.name.endswith(".state.pt"):
         state = load_state(path)
-        return (
-            rebuild(state["model"], state["meta"], path).to(device).eval(),
-            state["meta"],
-            str(path),
-        )
+        model = rebuild(state["model"], state["meta"], path).to(device).eval()
+        return model, state["meta"], str(path)
     file = resolve_weights_path(path)
     model, meta = load_checkpoint(file, map_location=device)
     return model, meta, str(file)

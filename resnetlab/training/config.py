@@ -8,10 +8,9 @@ decides"; the recipes are the tables below, and config.json holds the resolved v
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import Field, asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -118,8 +117,7 @@ class TrainConfig:
         check=at_least(1),
         legacy=1,
     )
-    # Progressive resizing (FFCV's): side ``min_res`` until the fraction ``res_ramp_start``
-    # of the run, growing linearly to the full size at ``res_ramp_end``.
+    # Progressive resizing (FFCV's): see schedule.train_image_size.
     min_res: int | None = setting(
         help="progressive resizing: the first epochs' image side (0: off)",
         check=not_negative,
@@ -167,7 +165,6 @@ class TrainConfig:
 
 
 SETTINGS = {f.name: f for f in fields(TrainConfig)}
-FIELD_NAMES = tuple(SETTINGS)
 LEGACY = {name: f.metadata["legacy"] for name, f in SETTINGS.items() if "legacy" in f.metadata}
 RESUME_OVERRIDES = tuple(name for name, f in SETTINGS.items() if f.metadata.get("resume"))
 
@@ -205,9 +202,8 @@ RECIPES: list[tuple[tuple[str, ...] | None, tuple[str, ...] | None, dict[str, An
 # iterations), and then go back to 0.1" (paper, section 4.2), for ResNet-110 and deeper.
 PAPER_WARMUP = dict(warmup_iterations=400, warmup_method="constant", warmup_factor=0.1)
 PAPER_WARMUP_DEPTH = 110
-# ResNet-20's published accuracy in 30 epochs, not 164 (docs/results.md): one-cycle, label
-# smoothing, flip TTA, progressive resizing 24 -> 32 px; chosen on the 45k/5k split, trained
-# on all 50k as the paper's final models.
+# ResNet-20's published accuracy in 30 epochs, not 164 (docs/results.md); chosen on the
+# 45k/5k split, trained on all 50k as the paper's final models.
 FAST = dict(
     epochs=30, iterations=None, batch_size=128, lr=0.2, nesterov=True, weight_decay=5e-4,
     no_wd_norm_bias=True, label_smoothing=0.1, schedule="onecycle", warmup_iterations=0,
@@ -281,7 +277,6 @@ def merge(file_values: dict[str, Any], flag_values: dict[str, Any]) -> TrainConf
 
 
 def fill_recipe(cfg: TrainConfig, family: str) -> TrainConfig:
-    """Fill every unset field from the recipe of ``cfg.model`` on ``cfg.dataset``."""
     defaults = recipe(cfg.model or "", family, cfg.dataset or "", cfg.recipe or "default")
     values = asdict(cfg)
     user_length = cfg.epochs is not None or cfg.iterations is not None
@@ -309,7 +304,7 @@ def resolve_config(file_values: dict[str, Any], flags: dict[str, Any]) -> TrainC
     return cfg
 
 
-def kind(f: dataclasses.Field) -> type:
+def kind(f: Field) -> type:
     """The type a setting holds (``int | None`` -> int)."""
     t = str(f.type)
     return next(k for n, k in (("bool", bool), ("int", int), ("float", float), ("str", str))
@@ -332,8 +327,7 @@ def validate(cfg: TrainConfig) -> None:
         if choices and v not in choices:
             raise UserError(f"unknown {name} {v!r}; choose from {', '.join(choices)}")
         check = f.metadata.get("check")
-        problem = check(v) if check else None
-        if problem:
+        if check and (problem := check(v)):
             raise UserError(f"{name.replace('_', '-')} {problem}")
     start, end = cfg.res_ramp_start, cfg.res_ramp_end
     if start is not None and end is not None and not 0 <= start <= end <= 1:

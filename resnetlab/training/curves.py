@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -43,9 +42,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: 
         if shown:
             ax.plot([r["epoch"] for r in shown], [r[f"eval_{key}"] for r in shown], marker=".",
                     label=eval_name)  # fmt: skip
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.set_title(f"{label.split(' ')[0]}: train vs {eval_name}")
+        ax.set(xlabel="epoch", ylabel=label, title=f"{label.split(' ')[0]}: train vs {eval_name}")
         ax.grid(True, alpha=0.3)
         ax.legend()
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -61,8 +58,7 @@ def plot_confusion(
     import numpy as np
 
     counts = np.asarray(matrix, dtype=np.int64)
-    totals = counts.sum(axis=1, keepdims=True)
-    rates = counts / np.maximum(totals, 1)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(classes)
     size = min(4 + 0.45 * n, 24)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
@@ -76,8 +72,6 @@ def plot_confusion(
             for j in range(n):
                 color = "white" if rates[i, j] > 0.5 else "black"
                 ax.text(j, i, str(counts[i, j]), ha="center", va="center", color=color, fontsize=8)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title)
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
     fig.tight_layout()
-    _save(fig, Path(path))
+    _save(fig, path)

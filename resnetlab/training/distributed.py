@@ -111,7 +111,6 @@ def process_group(world: World, device: torch.device) -> Iterator[torch.device]:
 
 
 def active() -> bool:
-    """True inside a process group of more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
@@ -123,14 +122,11 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """
     if not active():
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 def sum_across_ranks(t: torch.Tensor) -> torch.Tensor:
-    """``t`` summed over every rank, in place (unchanged in a single process)."""
     if active():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t

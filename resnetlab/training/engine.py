@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,6 @@ class TrainingDiverged(UserError):
 
 @dataclass
 class TrainStep:
-    """One optimizer step on a batch: resize, forward under autocast, backward, step, EMA."""
-
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
@@ -91,10 +90,9 @@ def train(
 ) -> dict:
     """Run (or continue from ``state``) the training ``cfg`` describes; returns the summary."""
     world = world or World()
-    log = print if world.is_main else _quiet
     folder = RunFolder(out_dir, writer=world.is_main)
     try:
-        return _train(cfg, folder, state, world, log, overwrite, resume)
+        return _train(cfg, folder, state, world, overwrite, resume)
     finally:
         folder.unlock()
 
@@ -104,14 +102,13 @@ def _train(
     folder: RunFolder,
     state: dict | None,
     world: World,
-    log: Callable[..., None],
     overwrite: bool,
     resume: bool,
 ) -> dict:
+    log = print if world.is_main else lambda *args, **kwargs: None  # ranks other than 0
     device = setup(cfg, world, resume)
     bundle = load_data(cfg, device, world)
     model = build_model(cfg, bundle)
-    total, steps_per_epoch = resolve_length(cfg, bundle)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -123,8 +120,8 @@ def _train(
     )
     schedule = LrSchedule(
         name=cfg.schedule,
-        total=total,
-        steps_per_epoch=steps_per_epoch,
+        total=cfg.iterations,
+        steps_per_epoch=len(bundle.train),
         warmup=cfg.warmup_iterations if cfg.schedule != "onecycle" else 0,
         warmup_method=cfg.warmup_method,
         warmup_factor=cfg.warmup_factor,
@@ -137,12 +134,11 @@ def _train(
         scaler=torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16"),
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
         precision=cfg.precision,
-        after_step=None if ema is None else _ema_updater(ema, model, cfg.model_ema_steps),
+        after_step=None if ema is None else partial(_update_ema, ema, model, cfg.model_ema_steps),
     )
     meta = weights_meta(cfg, bundle, ema is not None)
-    eval_loader, eval_split = (
-        (bundle.val, "val") if bundle.val is not None else (bundle.test, "test")
-    )
+    eval_split = "val" if bundle.val is not None else "test"
+    eval_loader = bundle.val if bundle.val is not None else bundle.test
 
     folder.lock()  # before the first write: bad input (above) leaves no trace
     if world.is_main and not resume:  # again, now that no other process can start here
@@ -171,12 +167,8 @@ def _train(
     ddp = distributed.wrap(model, device)
     train_net = net if ddp is model else torch.compile(ddp) if cfg.compile else ddp
     eval_net = net if ema is None else ema.module  # what is evaluated is what gets saved
-    eval_kw = {
-        "num_classes": bundle.num_classes,
-        "precision": cfg.precision,
-        "tta": None if cfg.tta == "none" else cfg.tta,
-    }
-    announce(cfg, bundle, device, world, total, steps_per_epoch, eval_split, log, folder.path)
+    eval_kw = {"num_classes": bundle.num_classes, "precision": cfg.precision, "tta": cfg.tta}
+    announce(cfg, bundle, device, log, folder.path)
     if state is not None:
         ckpt.set_rng_state(state["rng"])  # last, so that nothing above draws from it
 
@@ -189,14 +181,12 @@ def _train(
         try:
             stats = train_one_epoch(
                 train_net, bundle.train, step, epoch=epoch, epochs=cfg.epochs,
-                start=run.iteration, total=total, print_freq=cfg.print_freq, log=log,
+                start=run.iteration, total=cfg.iterations, print_freq=cfg.print_freq, log=log,
             )  # fmt: skip
         except TrainingDiverged as e:
-            kept = (
-                f"the last checkpoint (epoch {run.epoch}) in {folder.path} is untouched"
-                if run.epoch
-                else "no checkpoint was written"
-            )
+            kept = "no checkpoint was written"
+            if run.epoch:
+                kept = f"the last checkpoint (epoch {run.epoch}) in {folder.path} is untouched"
             raise TrainingDiverged(f"{e}; {kept}") from None
         train_seconds = time.perf_counter() - t0
         stats = distributed.reduce_epoch_stats(stats, device)  # every rank's samples
@@ -211,22 +201,15 @@ def _train(
             if ema is not None and eval_split == "val":  # what the average adds, on record
                 raw = evaluate(net, eval_loader, **eval_kw)
         seconds = time.perf_counter() - t0
-        improved = (
-            ev is not None
-            and eval_split == "val"
-            and (run.best_acc is None or ev.top1 > run.best_acc)
-        )
         row = run.record(
             epoch + 1, stats, eval_split, ev, raw, seconds, train_seconds, step.image_size
         )
-        if improved:
-            run.best_epoch, run.best_acc = epoch + 1, ev.top1
         plot = epoch + 1 == cfg.epochs or time.monotonic() - last_plot >= PLOT_EVERY_S
         if folder.writer:
-            snapshot = training_state(model, ema, optimizer, step, cfg, run)
-            folder.commit_epoch(snapshot, published, meta, run, improved, plot)
+            snapshot = training_state(model, ema, step, cfg, run)
+            folder.commit_epoch(snapshot, published, meta, run, plot)
         last_plot = time.monotonic() if plot else last_plot
-        log(epoch_line(row, cfg.epochs, eval_split, ev, seconds, improved))
+        log(epoch_line(row, cfg.epochs, eval_split, ev, seconds, run.best_epoch == epoch + 1))
 
     t0 = time.perf_counter()
     test = None
@@ -313,7 +296,6 @@ def train_one_epoch(
 
 
 def setup(cfg: TrainConfig, world: World, resume: bool) -> torch.device:
-    """The device, this hardware's precision and layout, the world size and the seed."""
     if world.world_size > 1 and not distributed.active():
         raise RuntimeError("train() of several processes runs inside distributed.process_group")
     device = distributed.local_device(world, resolve_device(cfg.device))
@@ -346,21 +328,18 @@ def resplit_batch(cfg: TrainConfig, world: World) -> None:
 
 
 def load_data(cfg: TrainConfig, device: torch.device, world: World) -> DataBundle:
+    """The loaders; then ``cfg`` holds what follows from the data (length, warm-up, sizes)."""
     cfg.data_path = str(resolve_root(cfg.data_path).resolve())
+    cfg.eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
+    same = ("download", "batch_size", "eval_batch_size", "val_split", "seed", "augment", "workers")
     bundle = build_loaders(
         cfg.dataset,
         cfg.data_path,
-        download=cfg.download,
-        batch_size=cfg.batch_size,
-        eval_batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
-        val_split=cfg.val_split,
-        seed=cfg.seed,
-        augment=cfg.augment,
+        **{name: getattr(cfg, name) for name in same},  # the settings of the same name
         device=str(device),
         channels_last=cfg.channels_last,
         rank=world.rank,
         world_size=world.world_size,
-        workers=cfg.workers,
         image_size=cfg.image_size or 224,
         resize_size=cfg.resize_size or 256,
         skip_bad_images=cfg.skip_bad_images,
@@ -370,6 +349,14 @@ def load_data(cfg: TrainConfig, device: torch.device, world: World) -> DataBundl
             f"--batch-size {cfg.batch_size} is larger than the training set "
             f"({bundle.train.num_samples} images after holding out {cfg.val_split})"
         )
+    steps_per_epoch = len(bundle.train)
+    cfg.iterations = cfg.iterations or cfg.epochs * steps_per_epoch  # decides when given
+    cfg.epochs = math.ceil(cfg.iterations / steps_per_epoch)  # the last one may be partial
+    if cfg.warmup_epochs:
+        cfg.warmup_iterations = round(cfg.warmup_epochs * steps_per_epoch)
+    cfg.warmup_iterations = cfg.warmup_iterations or 0
+    cfg.image_size = cfg.image_size or bundle.input_size[-1]
+    cfg.resize_size = cfg.resize_size or bundle.resize_size
     return bundle
 
 
@@ -407,20 +394,6 @@ def check_input(
         raise UserError(f"{name} gives outputs of shape {list(out.shape)[1:]}, not [{num_classes}]")
 
 
-def resolve_length(cfg: TrainConfig, bundle: DataBundle) -> tuple[int, int]:
-    """Iterations decide when given, epochs follow (the last one may be partial)."""
-    steps_per_epoch = len(bundle.train)
-    total = cfg.iterations or cfg.epochs * steps_per_epoch
-    cfg.iterations, cfg.epochs = total, math.ceil(total / steps_per_epoch)
-    if cfg.warmup_epochs:
-        cfg.warmup_iterations = round(cfg.warmup_epochs * steps_per_epoch)
-    cfg.warmup_iterations = cfg.warmup_iterations or 0
-    cfg.eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
-    cfg.image_size = cfg.image_size or bundle.input_size[-1]
-    cfg.resize_size = cfg.resize_size or bundle.resize_size
-    return total, steps_per_epoch
-
-
 def weights_meta(cfg: TrainConfig, bundle: DataBundle, ema: bool) -> dict[str, Any]:
     """What a checkpoint needs to be used alone: the model, its classes and preprocessing."""
     return {
@@ -440,31 +413,24 @@ def weights_meta(cfg: TrainConfig, bundle: DataBundle, ema: bool) -> dict[str, A
 
 
 def announce(
-    cfg: TrainConfig,
-    bundle: DataBundle,
-    device: torch.device,
-    world: World,
-    total: int,
-    steps_per_epoch: int,
-    eval_split: str,
-    log: Callable[..., None],
-    out_dir: Path,
+    cfg: TrainConfig, bundle: DataBundle, device: torch.device, log: Callable, out: Path
 ) -> None:
+    """The run in a few lines; ``cfg`` holds the resolved length and world size by now."""
     sizes = [s.dataset_size if s else 0 for s in (bundle.train, bundle.val, bundle.test)]
     log(
         f"{cfg.model} on {cfg.dataset}: {sizes[0]} train / {sizes[1]} val / {sizes[2]} test "
-        f"images, {cfg.epochs} epochs ({total} iterations, {steps_per_epoch} per epoch), "
-        f"{cfg.schedule} schedule, lr {cfg.lr}, device {device}, {cfg.precision} -> {out_dir}"
+        f"images, {cfg.epochs} epochs ({cfg.iterations} iterations, {len(bundle.train)} per "
+        f"epoch), {cfg.schedule} schedule, lr {cfg.lr}, device {device}, {cfg.precision} -> {out}"
     )
-    if world.world_size > 1:
+    if cfg.world_size > 1:
         log(
-            f"{world.world_size} processes x batch {cfg.batch_size} = global batch "
-            f"{world.world_size * cfg.batch_size}; lr {cfg.lr} as given (not scaled with the "
+            f"{cfg.world_size} processes x batch {cfg.batch_size} = global batch "
+            f"{cfg.world_size * cfg.batch_size}; lr {cfg.lr} as given (not scaled with the "
             "batch: see docs/distributed.md)"
         )
     if bundle.val is None and bundle.test is None:
         log("no validation or test split: only training numbers are shown, and no best is kept")
-    elif eval_split == "test":
+    elif bundle.val is None:  # the test set stands in
         every = "each epoch" if cfg.eval_every == 1 else f"every {cfg.eval_every} epochs"
         log(
             f"no validation split (--val-split 0): the test set is shown {every} "
@@ -482,18 +448,13 @@ def epoch_line(row: dict, epochs: int, split: str, ev: Any, seconds: float, impr
 
 
 def training_state(
-    model: nn.Module,
-    ema: AveragedModel | None,
-    optimizer: torch.optim.Optimizer,
-    step: TrainStep,
-    cfg: TrainConfig,
-    run: RunState,
+    model: nn.Module, ema: AveragedModel | None, step: TrainStep, cfg: TrainConfig, run: RunState
 ) -> dict[str, Any]:
     """Everything `--resume` needs to continue bit for bit (training/checkpoint.py)."""
     return {
         **({} if ema is None else {"model_ema": ema.state_dict()}),
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": step.optimizer.state_dict(),
         "scheduler": step.scheduler.state_dict(),
         "scaler": step.scaler.state_dict(),
         "rng": ckpt.rng_state(),
@@ -502,22 +463,17 @@ def training_state(
     }
 
 
-def _ema_updater(ema: AveragedModel, model: nn.Module, every: int) -> Callable[[int], None]:
+def _update_ema(ema: AveragedModel, model: nn.Module, every: int, iteration: int) -> None:
     """After every ``every``-th optimizer step (counted over the run), average ``model`` in."""
-
-    def update(iteration: int) -> None:
-        if iteration % every == 0:
-            ema.update_parameters(model)
-
-    return update
+    if iteration % every == 0:
+        ema.update_parameters(model)
 
 
 def _summary_line(s: dict) -> str:
     parts = []
     if s["best_epoch"] is not None:
         parts.append(f"best val acc {s['best_val_acc']:.2f}% at epoch {s['best_epoch']}")
-    if s["test"] is not None:
-        t = s["test"]
+    if (t := s["test"]) is not None:
         parts.append(f"test top-1 {t['top1']:.2f}% top-5 {t['top5']:.2f}% loss {t['loss']:.4f}")
     return "; ".join(parts)
 
@@ -526,7 +482,3 @@ def _hms(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
-def _quiet(*args: Any, **kwargs: Any) -> None:
-    """The print of ranks other than 0."""

@@ -26,21 +26,20 @@ class EvalResult:
 
     def as_dict(self, classes: list[str] | None = None) -> dict[str, Any]:
         names = classes or [str(i) for i in range(len(self.per_class))]
+        per_class = {
+            n: None if math.isnan(a) else a for n, a in zip(names, self.per_class, strict=True)
+        }
         return {
             "num_samples": self.num_samples,
             "top1": self.top1,
             "top5": self.top5,
             "loss": self.loss,
-            "per_class": {
-                n: (None if math.isnan(a) else a)
-                for n, a in zip(names, self.per_class, strict=True)
-            },
+            "per_class": per_class,
             "confusion_matrix": self.confusion,
         }
 
 
 def autocast(device_type: str, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU and CUDA, fp16 on CUDA, nothing for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -107,16 +106,12 @@ def evaluate(
     if n == 0:
         raise UserError("nothing to evaluate: the split is empty")
     matrix = counts[3:].view(num_classes, num_classes).cpu()
-    totals = matrix.sum(dim=1)
-    per_class = [
-        100.0 * matrix[i, i].item() / totals[i].item() if totals[i] > 0 else float("nan")
-        for i in range(num_classes)
-    ]
+    per_class = 100.0 * matrix.diagonal().double() / matrix.sum(dim=1)  # a class of none: 0/0, nan
     return EvalResult(
         num_samples=n,
         loss=loss_sum.item() / n,
         top1=100.0 * counts[0].item() / n,
         top5=100.0 * counts[1].item() / n,
-        per_class=per_class,
+        per_class=per_class.tolist(),
         confusion=matrix.tolist(),
     )

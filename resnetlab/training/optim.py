@@ -9,12 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-NORM_LAYERS = (
-    nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
-    nn.GroupNorm,
-    nn.LayerNorm,
-    nn.LocalResponseNorm,
-)
+# _NormBase: BatchNorm*, SyncBatchNorm and InstanceNorm*
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_wd_norm_bias: bool) -> list[dict]:
@@ -25,9 +21,8 @@ def param_groups(model: nn.Module, weight_decay: float, no_wd_norm_bias: bool) -
     for module in model.modules():
         is_norm = isinstance(module, NORM_LAYERS)
         for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            (no_decay if is_norm or name == "bias" else decay).append(p)
+            if p.requires_grad:
+                (no_decay if is_norm or name == "bias" else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -45,15 +40,9 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """SGD (the paper's) or AdamW, with the multi-tensor (``foreach``) update."""
     groups = param_groups(model, weight_decay, no_wd_norm_bias)
+    common = {"lr": lr, "weight_decay": weight_decay, "foreach": True}
     if opt == "sgd":
-        return torch.optim.SGD(
-            groups,
-            lr=lr,
-            momentum=momentum,
-            nesterov=nesterov,
-            weight_decay=weight_decay,
-            foreach=True,
-        )
+        return torch.optim.SGD(groups, momentum=momentum, nesterov=nesterov, **common)
     if opt == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, foreach=True)
+        return torch.optim.AdamW(groups, **common)
     raise ValueError(f"unknown optimizer {opt!r}")

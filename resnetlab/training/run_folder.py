@@ -7,6 +7,7 @@ the other files are derived from it, so a kill between writes is repaired on res
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import io
@@ -32,15 +33,7 @@ from resnetlab.version import __version__
 
 CONFIG, METRICS, SUMMARY, CURVES = ("config.json", "metrics.csv", "summary.json", "curves.png")
 # What a run writes; --overwrite removes exactly these (and the eval pictures) first.
-RUN_FILES = (
-    CONFIG,
-    METRICS,
-    SUMMARY,
-    CURVES,
-    ckpt.STATE_FILE,
-    ckpt.LAST_WEIGHTS,
-    ckpt.BEST_WEIGHTS,
-)
+RUN_FILES = CONFIG, METRICS, SUMMARY, CURVES, ckpt.STATE_FILE, ckpt.LAST_WEIGHTS, ckpt.BEST_WEIGHTS
 METRICS_COLUMNS = (
     "epoch",
     "iteration",
@@ -82,7 +75,7 @@ class RunState:
         train_seconds: float,
         image_size: int,
     ) -> dict[str, Any]:
-        """Add an epoch: its metrics.csv row (returned) and the run's totals."""
+        """Add an epoch: its metrics.csv row (returned), the run's totals and best."""
         row = {
             "epoch": epoch,
             "iteration": stats["iteration"],
@@ -103,6 +96,8 @@ class RunState:
         self.train_images += stats["images"]
         self.train_seconds += train_seconds
         self.test_evaluations += bool(ev) and split == "test"
+        if ev and split == "val" and (self.best_acc is None or ev.top1 > self.best_acc):
+            self.best_epoch, self.best_acc = epoch, ev.top1
         return row
 
 
@@ -114,10 +109,7 @@ class RunFolder:
         self._lock: int | None = None
 
     def lock(self) -> None:
-        """Refuse a second process on the same folder; the OS drops the lock at any exit.
-
-        The lock is on the folder itself (flock), so no lock file is left behind.
-        """
+        """Refuse a second process: a flock on the folder itself (no lock file), dropped at exit."""
         if not self.writer:
             return
         try:
@@ -148,45 +140,37 @@ class RunFolder:
         atomic_write_json(self.path / CONFIG, asdict(cfg))
 
     def commit_epoch(
-        self,
-        state: dict[str, Any],
-        published: nn.Module,
-        meta: dict,
-        run: RunState,
-        improved: bool,
-        plot: bool,
+        self, state: dict[str, Any], published: nn.Module, meta: dict, run: RunState, plot: bool
     ) -> None:
         """The state first (the commit point), then the weights and metrics derived from it."""
-        weights_meta = {**meta, "epoch": run.epoch, "iteration": run.iteration}
-        ckpt.save_state(self.path / ckpt.STATE_FILE, {**state, "meta": weights_meta})
-        weights.save_weights(self.path / ckpt.LAST_WEIGHTS, published, weights_meta)
-        if improved:
-            weights.save_weights(self.path / ckpt.BEST_WEIGHTS, published, weights_meta)
-        self.write_metrics(run.history, f"{meta['model']} on {meta['dataset']}", plot)
+        state_meta = {**meta, "epoch": run.epoch, "iteration": run.iteration}
+        ckpt.save_state(self.path / ckpt.STATE_FILE, {**state, "meta": state_meta})
+        self._derive(published, meta, run, best=run.best_epoch == run.epoch, plot=plot)
 
-    def write_metrics(self, history: list[dict], title: str, plot: bool = True) -> None:
+    def _derive(self, model: nn.Module, meta: dict, run: RunState, best: bool, plot: bool) -> None:
+        """last.safetensors (and best's when ``best``), metrics.csv and curves.png from ``run``."""
+        weights_meta = {**meta, "epoch": run.epoch, "iteration": run.iteration}
+        weights.save_weights(self.path / ckpt.LAST_WEIGHTS, model, weights_meta)
+        if best:
+            weights.save_weights(self.path / ckpt.BEST_WEIGHTS, model, weights_meta)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(history)
+        writer.writerows(run.history)
         atomic_write_text(self.path / METRICS, buf.getvalue())
-        if history and plot:
-            plot_curves(history, self.path / CURVES, title)
+        if run.history and plot:
+            plot_curves(run.history, self.path / CURVES, f"{meta['model']} on {meta['dataset']}")
 
     def repair(self, published: nn.Module, meta: dict, run: RunState) -> None:
         """Bring the derived files back in line with the state (after a kill between writes)."""
         if not self.writer:
             return
-        weights_meta = {**meta, "epoch": run.epoch, "iteration": run.iteration}
-        weights.save_weights(self.path / ckpt.LAST_WEIGHTS, published, weights_meta)
+        saved_best = None  # the epoch best.safetensors holds (None: unreadable, or not needed)
         if run.best_epoch == run.epoch:
-            try:
-                best_epoch = weights.read_weights(self.path / ckpt.BEST_WEIGHTS)[1].get("epoch")
-            except UserError:
-                best_epoch = None
-            if best_epoch != run.epoch:
-                weights.save_weights(self.path / ckpt.BEST_WEIGHTS, published, weights_meta)
-        self.write_metrics(run.history, f"{meta['model']} on {meta['dataset']}")
+            with contextlib.suppress(UserError):
+                saved_best = weights.read_weights(self.path / ckpt.BEST_WEIGHTS)[1].get("epoch")
+        stale = run.best_epoch == run.epoch and saved_best != run.epoch
+        self._derive(published, meta, run, best=stale, plot=True)
 
     def remove_temporaries(self) -> None:
         """Temporaries of writes that a kill cut short (`atomic_write` names them .NAME.*.tmp)."""

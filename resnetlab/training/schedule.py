@@ -47,7 +47,12 @@ class LrSchedule:
 
     def __call__(self, it: int) -> float:
         if self.name == "onecycle":
-            return self._onecycle(it)
+            start, final = 1 / ONECYCLE_DIV, 1 / ONECYCLE_DIV / ONECYCLE_FINAL_DIV
+            up = max(1, round(ONECYCLE_PCT_START * self.total))
+            if it < up:
+                return start + (1 - start) * (1 - math.cos(math.pi * it / up)) / 2
+            progress = min(1.0, (it - up) / max(1, self.total - up))
+            return final + (1 - final) * (1 + math.cos(math.pi * progress)) / 2
         if self.name == "cosine":
             span = max(1, self.total - self.warmup)
             progress = min(1.0, max(0.0, (it - self.warmup) / span))
@@ -59,14 +64,6 @@ class LrSchedule:
                 return main * self.warmup_factor
             return main * (self.warmup_factor + (1 - self.warmup_factor) * it / self.warmup)
         return main
-
-    def _onecycle(self, it: int) -> float:
-        start, final = 1 / ONECYCLE_DIV, 1 / ONECYCLE_DIV / ONECYCLE_FINAL_DIV
-        up = max(1, round(ONECYCLE_PCT_START * self.total))
-        if it < up:
-            return start + (1 - start) * (1 - math.cos(math.pi * it / up)) / 2
-        progress = min(1.0, (it - up) / max(1, self.total - up))
-        return final + (1 - final) * (1 + math.cos(math.pi * progress)) / 2
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule: LrSchedule) -> LambdaLR:
