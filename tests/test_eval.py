@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import json
 import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TrainedRun
 from fakedata import write_cifar10
+from matplotlib.figure import Figure
+from PIL import Image
 from torch import nn
 
 from resnetlab.cli import main
 from resnetlab.models.weights import load_checkpoint
+from resnetlab.reports.analysis import CELL, DPI, HEADER, grid_shape
 from resnetlab.training.evaluate import evaluate
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -73,6 +80,26 @@ def test_flip_tta_averages_the_softmax_of_both_views_by_hand() -> None:
     assert tta.top1 == 0.0
     assert tta.loss == pytest.approx(-math.log(15 / 48))
     assert tta.confusion[2] == [1, 0, 0]
+
+
+def test_per_sample_outputs_come_from_the_same_pass_by_hand() -> None:
+    # The TTA case above: mean probabilities [26, 7, 15] / 48, so the top-3 is classes 0, 2, 1.
+    model = Logits([math.log(2), 0.0, 0.0])
+    x = torch.tensor([[[[0.0, 0.0, math.log(3)]]], [[[0.0, 0.0, 0.0]]]])
+    y = torch.tensor([2, 1])
+    loader = [(x[:1], y[:1]), (x[1:], y[1:])]
+    for tta in (None, "flip"):
+        plain = evaluate(model, loader, num_classes=3, tta=tta)
+        both = evaluate(model, loader, num_classes=3, tta=tta, per_sample=True)
+        assert plain.samples is None
+        assert both.as_dict() == plain.as_dict()  # the numbers training logs do not change
+    assert both.samples.targets.tolist() == [2, 1]
+    # second image: logits [ln 2, 0, 0] both ways: [2, 1, 1] / 4, the tie in topk's order
+    assert both.samples.topk[0].tolist() == [0, 2, 1]
+    assert both.samples.probs[0].tolist() == pytest.approx([26 / 48, 15 / 48, 7 / 48])
+    assert both.samples.topk[1, 0] == 0 and both.samples.probs[1].tolist() == pytest.approx(
+        [0.5, 0.25, 0.25]
+    )
 
 
 def test_evaluate_restores_training_mode_and_needs_no_grad() -> None:
@@ -170,3 +197,143 @@ def test_eval_bad_input(trained: tuple[Path, Path], tmp_path: Path, capsys) -> N
     broken.write_bytes((run / "last.safetensors").read_bytes()[:100])
     assert main(["eval", "--checkpoint", str(broken), "--data-path", str(root)]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+# --- what eval writes beside the confusion matrix ----------------------------------------
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def check_analysis(report: dict, classes: list[str]) -> list[dict[str, str]]:
+    """predictions.csv against evaluate()'s numbers in the report, the scores and the ECE
+    recomputed from its rows by hand, and the pictures; returns the rows."""
+    rows = read_csv(Path(report["predictions_csv"]))
+    n, c = report["num_samples"], len(classes)
+    assert len(rows) == n
+    cm = [[0] * c for _ in range(c)]
+    for r in rows:
+        cm[classes.index(r["true"])][classes.index(r["predicted"])] += 1
+        assert r["predicted"] == r["top1"] and r["confidence"] == r["top1_prob"]
+        probs = [float(r[f"top{i}_prob"]) for i in range(1, min(5, c) + 1)]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-5
+    assert cm == report["confusion_matrix"]
+    right = [r["true"] == r["predicted"] for r in rows]
+    assert 100 * sum(right) / n == pytest.approx(report["top1"])
+    scores = report["precision_recall_f1"]["per_class"]
+    for k, name in enumerate(classes):
+        predicted = sum(row[k] for row in cm)
+        want = 100 * cm[k][k] / predicted if predicted else 0.0
+        assert scores[name]["precision"] == pytest.approx(want)
+        assert scores[name]["support"] == sum(cm[k])
+    ece = 0.0
+    for m in range(1, 16):
+        inside = [(float(r["confidence"]), ok) for r, ok in zip(rows, right, strict=True)
+                  if (m - 1) / 15 < float(r["confidence"]) <= m / 15]  # fmt: skip
+        if inside:
+            ece += abs(sum(ok for _, ok in inside) - sum(p for p, _ in inside)) / n
+    assert report["calibration"]["ece"] == pytest.approx(100 * ece, abs=1e-3)
+    for key in ("confusion_png", "reliability_png", "errors_png"):
+        assert Image.open(report[key]).format == "PNG"
+    h, w = grid_shape(min(16, n - sum(right)))
+    size = (round(w * CELL * DPI), round((h * CELL + HEADER) * DPI))
+    assert Image.open(report["errors_png"]).size == size
+    return rows
+
+
+def eval_json(argv: list[str], capsys) -> dict:
+    capsys.readouterr()
+    assert main(["eval", *argv, "--json", "--workers", "0"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_eval_analysis_of_the_mnist_cnn(
+    trained: tuple[Path, Path], mnist_test_set: tuple, capsys
+) -> None:
+    root, run = trained
+    report = eval_json(["--checkpoint", str(run)], capsys)
+    model, meta = load_checkpoint(run / "best.safetensors")
+    rows = check_analysis(report, meta["classes"])
+    assert report["predictions_csv"] == str(run / "predictions-mnist-test.csv")
+    assert report["errors_png"] == str(run / "errors-mnist-test.png")
+    # Every row: the test image in file order, its top-5 from the hand-normalised idx files.
+    x, y = mnist_test_set
+    with torch.inference_mode():
+        values, indices = torch.softmax(model(x), dim=1).topk(5)
+    assert [int(r["index"]) for r in rows] == list(range(len(y)))
+    for r, t, p, i in zip(rows, y.tolist(), values.tolist(), indices.tolist(), strict=True):
+        assert r["true"] == meta["classes"][t]
+        assert [r[f"top{j}"] for j in range(1, 6)] == [meta["classes"][c] for c in i]
+        assert [float(r[f"top{j}_prob"]) for j in range(1, 6)] == pytest.approx(p, abs=1e-5)
+    # The table and the lines naming the files.
+    assert main(["eval", "--checkpoint", str(run), "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "precision" in out and "macro average" in out and "ECE" in out
+    assert f"predictions: {run / 'predictions-mnist-test.csv'}" in out
+
+
+def train_quietly(argv: list[str]) -> None:
+    capture = io.StringIO()
+    with contextlib.redirect_stdout(capture):
+        assert main(["train", *argv, "--epochs", "1", "--workers", "0", "--precision", "fp32"]) == 0
+
+
+def test_eval_analysis_of_a_cifar_resnet_in_memory(tmp_path: Path, capsys) -> None:
+    data = write_cifar10(tmp_path / "cifar", per_batch=8, n_test=24)
+    run = tmp_path / "run"
+    train_quietly(["--model", "resnet20", "--dataset", "cifar10", "--data-path", str(data),
+                   "-b", "8", "--val-split", "8", "--output-dir", str(run)])  # fmt: skip
+    out = tmp_path / "analysis"
+    report = eval_json(
+        ["--checkpoint", str(run), "--output-dir", str(out), "--tta", "flip"], capsys
+    )
+    rows = check_analysis(report, load_checkpoint(run / "best.safetensors")[1]["classes"])
+    assert [int(r["index"]) for r in rows] == list(range(24))
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"{kind}-cifar10-test.{ext}"
+        for kind, ext in (("confusion", "png"), ("errors", "png"), ("predictions", "csv"),
+                          ("reliability", "png"))
+    ]  # fmt: skip
+
+
+def test_eval_analysis_of_an_imagenet_resnet_on_an_image_folder(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 3)):
+        for k, name in enumerate(("cat", "dog", "fox")):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 96, (20, 20, 3), dtype=np.uint8)
+                pixels[:, :, k] += 150
+                Image.fromarray(pixels).save(tmp_path / "data" / split / name / f"{i}.png")
+    run = tmp_path / "run"
+    train_quietly(["--model", "resnet18", "--dataset", "folder", "--data-path",
+                   str(tmp_path / "data"), "--image-size", "16", "--resize-size", "16", "-b", "8",
+                   "--lr", "0.01", "--val-split", "0", "--output-dir", str(run)])  # fmt: skip
+    report = eval_json(["--checkpoint", str(run), "-b", "4"], capsys)
+    rows = check_analysis(report, ["cat", "dog", "fox"])
+    files = [str(tmp_path / "data" / "test" / c / f"{i}.png") for c in ("cat", "dog", "fox")
+             for i in range(3)]  # fmt: skip
+    assert [r["path"] for r in rows] == files
+    assert [r["true"] for r in rows] == ["cat"] * 3 + ["dog"] * 3 + ["fox"] * 3
+
+
+def test_a_failing_write_keeps_the_previous_results(
+    trained: tuple[Path, Path], capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, run = trained
+    first = eval_json(["--checkpoint", str(run)], capsys)
+    names = ("confusion_png", "reliability_png", "predictions_csv", "errors_png")
+    before = {key: Path(first[key]).read_bytes() for key in names}
+
+    def half_then_full_disk(self, fname, *args, **kwargs) -> None:
+        Path(fname).write_bytes(b"\x89PNG half a picture")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", half_then_full_disk)
+    assert main(["eval", "--checkpoint", str(run / "last.safetensors"), "--workers", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write" in err[0] and "No space left" in err[0], err
+    assert {key: Path(first[key]).read_bytes() for key in names} == before
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]

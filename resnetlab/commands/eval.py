@@ -1,11 +1,15 @@
-"""Evaluate a trained model: top-1, top-5, loss, per-class accuracy and a confusion matrix.
+"""Evaluate a trained model: top-1, top-5, loss, per-class precision/recall/F1, calibration.
 
   resnetlab eval --checkpoint runs/resnet20-cifar10-20260101-120000
   resnetlab eval --checkpoint runs/RUN/last.safetensors --split val --tta flip --json
   resnetlab eval --checkpoint model.safetensors --dataset cifar10 --data-path ~/data
 
 A run folder gives its best checkpoint (else its last); the dataset, data root and
-validation split default to the ones the run trained with. Accuracies are in percent.
+validation split default to the ones the run trained with. Accuracies, precision, recall,
+F1 and the expected calibration error (ECE, 15 bins) are in percent. Beside the run (or in
+--output-dir) it writes, for dataset D and split S: confusion-D-S.png, reliability-D-S.png
+(the calibration), predictions-D-S.csv (every image's top-5) and errors-D-S.png (the most
+confidently wrong images).
 """
 
 from __future__ import annotations
@@ -19,6 +23,15 @@ from resnetlab.data import build_loaders
 from resnetlab.device import resolve_device, resolve_precision
 from resnetlab.errors import UserError
 from resnetlab.inference.fast import optimize_for_inference
+from resnetlab.reports.analysis import (
+    calibration,
+    class_scores,
+    plot_confident_errors,
+    plot_reliability,
+    prediction_rows,
+    sample_ids,
+    write_csv,
+)
 from resnetlab.training.checkpoint import load_trained
 from resnetlab.training.curves import plot_confusion
 from resnetlab.training.evaluate import evaluate
@@ -36,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_inference(p, batch_size=256, precision="fp32")
     add_setting(p, "workers", default=2)
     p.add_argument(
-        "--output-dir", help="where the confusion-matrix PNG goes (default: the run folder)"
+        "--output-dir", help="where the pictures and predictions go (default: the run folder)"
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
@@ -97,13 +110,34 @@ def run(args: argparse.Namespace) -> int:
     # BatchNorm folded and channels_last (fp32; --precision still decides the autocast).
     model = optimize_for_inference(model, precision="fp32")
     result = evaluate(
-        model, loader, num_classes=bundle.num_classes, precision=args.precision, tta=tta
+        model,
+        loader,
+        num_classes=bundle.num_classes,
+        precision=args.precision,
+        tta=tta,
+        per_sample=True,
     )
+    classes = list(bundle.classes)
+    out = result.samples
+    scores = class_scores(result.confusion)
+    cal = calibration(out.probs[:, 0], out.topk[:, 0] == out.targets)
 
     out_dir = Path(args.output_dir).expanduser() if args.output_dir else folder
-    png = out_dir / f"confusion-{dataset}-{args.split}.png"
-    title = f"{meta['model']} on {dataset} {args.split}: top-1 {result.top1:.2f}%"
-    plot_confusion(result.confusion, list(bundle.classes), png, title)
+    stem = f"{dataset}-{args.split}"
+    files = {
+        "confusion": out_dir / f"confusion-{stem}.png",
+        "reliability": out_dir / f"reliability-{stem}.png",
+        "predictions": out_dir / f"predictions-{stem}.csv",
+        "errors": out_dir / f"errors-{stem}.png",
+    }
+    name = f"{meta['model']} on {dataset} {args.split}"
+    plot_confusion(
+        result.confusion, classes, files["confusion"], f"{name}: top-1 {result.top1:.2f}%"
+    )
+    plot_reliability(cal, files["reliability"], name)
+    rows = prediction_rows(sample_ids(loader), out.targets, out.topk, out.probs, classes)
+    write_csv(files["predictions"], rows)
+    plot_confident_errors(loader, out.targets, out.topk, out.probs, classes, files["errors"], name)
 
     report = {
         "checkpoint": source,
@@ -113,8 +147,10 @@ def run(args: argparse.Namespace) -> int:
         "split": args.split,
         "tta": args.tta,
         "device": str(device),
-        **result.as_dict(list(bundle.classes)),
-        "confusion_png": str(png),
+        **result.as_dict(classes),
+        "precision_recall_f1": scores.as_dict(classes),
+        "calibration": cal.as_dict(),
+        **{f"{kind}_{path.suffix[1:]}": str(path) for kind, path in files.items()},
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -122,9 +158,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"checkpoint  {source} ({meta['model']}, epoch {meta.get('epoch')})")
     print(f"data        {dataset} {args.split}, {result.num_samples} images, tta {args.tta}")
     print(f"top-1 {result.top1:.2f}%   top-5 {result.top5:.2f}%   loss {result.loss:.4f}")
-    width = max(len(c) for c in bundle.classes)
-    print("per-class accuracy:")
-    for name, acc in zip(bundle.classes, result.per_class, strict=True):
-        print(f"  {name:<{width}}  {acc:6.2f}%")
-    print(f"confusion matrix: {png}")
+    width = max(len(c) for c in [*classes, "macro average"])
+    print("per-class accuracy (recall), precision and F1, in percent:")
+    print(f"  {'class':<{width}}  {'recall':>7}  {'precision':>9}  {'F1':>7}  {'images':>7}")
+    table = zip(classes, scores.recall, scores.precision, scores.f1, scores.support, strict=True)
+    for label, r, p, f, n in table:
+        print(f"  {label:<{width}}  {r:7.2f}  {p:9.2f}  {f:7.2f}  {n:7d}")
+    m = scores.macro
+    print(
+        f"  {'macro average':<{width}}  {m['recall']:7.2f}  {m['precision']:9.2f}  {m['f1']:7.2f}"
+    )
+    print(f"calibration: ECE {cal.ece:.2f}% over {len(cal.counts)} confidence bins")
+    for kind, path in files.items():
+        print(f"{kind + ':':<13}{path}")
     return 0

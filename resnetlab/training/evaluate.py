@@ -1,4 +1,5 @@
-"""Evaluation in one pass: top-1, top-5, loss, per-class accuracy and the confusion matrix."""
+"""Evaluation in one pass: top-1, top-5, loss, per-class accuracy and the confusion matrix,
+and on request every sample's top-k classes and probabilities (what ``resnetlab eval`` analyses)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,15 @@ from resnetlab.training.distributed import sum_across_ranks
 
 
 @dataclass
+class SampleOutputs:
+    """Every evaluated sample of this rank, in the loader's order (``loader.indices()``)."""
+
+    targets: torch.Tensor  # int64 [N], the true class
+    topk: torch.Tensor  # int64 [N, k], classes by falling probability: [:, 0] is the prediction
+    probs: torch.Tensor  # float32 [N, k], their probabilities (the TTA ones with tta="flip")
+
+
+@dataclass
 class EvalResult:
     num_samples: int
     loss: float  # mean cross-entropy (no label smoothing)
@@ -23,6 +33,7 @@ class EvalResult:
     top5: float  # percent; top-k with k = min(5, classes)
     per_class: list[float]  # percent correct per true class (nan for a class with no samples)
     confusion: list[list[int]]  # [true][predicted] counts
+    samples: SampleOutputs | None = None  # with evaluate(per_sample=True)
 
     def as_dict(self, classes: list[str] | None = None) -> dict[str, Any]:
         names = classes or [str(i) for i in range(len(self.per_class))]
@@ -53,6 +64,7 @@ def evaluate(
     num_classes: int,
     precision: str = "fp32",
     tta: str | None = None,
+    per_sample: bool = False,
 ) -> EvalResult:
     """Run ``model`` in eval mode over ``loader`` ((x, y) batches already on the device).
 
@@ -60,11 +72,14 @@ def evaluate(
     With ``tta="flip"`` the softmax of the image and of its mirror image are averaged.
     A loader sharded over processes (``world_size`` > 1, each sample on one rank, none
     padded) gives every rank the sums over all shards: the numbers of one process.
+    ``per_sample`` also keeps each sample's top-k of the same pass in `EvalResult.samples`
+    (on the CPU, this rank's shard only); off, as in training, nothing changes.
     """
     was_training = model.training
     model.eval()
     k = min(5, num_classes)
     loss_sum = counts = None
+    kept: list[tuple[torch.Tensor, ...]] = []
 
     def zeros(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         # correct top-1, correct top-k, samples, then the confusion matrix: one all_reduce
@@ -93,6 +108,9 @@ def evaluate(
                 correct5 += hit.any(dim=1).sum()
                 confusion += torch.bincount(y * num_classes + topk[:, 0], minlength=num_classes**2)
                 seen += y.shape[0]
+                if per_sample:
+                    chosen = p.gather(1, topk) if tta == "flip" else log_p.gather(1, topk).exp()
+                    kept.append((y.cpu(), topk.cpu(), chosen.cpu()))
     finally:
         model.train(was_training)
     if counts is None:  # an empty split, or a rank whose shard is empty: it still sums
@@ -114,4 +132,12 @@ def evaluate(
         top5=100.0 * counts[1].item() / n,
         per_class=per_class.tolist(),
         confusion=matrix.tolist(),
+        samples=_samples(kept, k) if per_sample else None,
     )
+
+
+def _samples(kept: list[tuple[torch.Tensor, ...]], k: int) -> SampleOutputs:
+    if not kept:  # this rank's shard is empty
+        empty = torch.zeros((0, k), dtype=torch.int64)
+        return SampleOutputs(empty[:, 0], empty, empty.float())
+    return SampleOutputs(*(torch.cat(parts) for parts in zip(*kept, strict=True)))
