@@ -18,12 +18,11 @@ examples:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from resnetlab.commands.flags import add_checkpoint, add_setting
+from resnetlab.commands.per_image import ImageResults
 from resnetlab.device import resolve_device
-from resnetlab.errors import UserError
 from resnetlab.inference.gradcam import iter_explanations, plot_explanation
 from resnetlab.models.weights import load_checkpoint
 
@@ -58,20 +57,13 @@ def run(args: argparse.Namespace) -> int:
         model, meta, args.images, layer=args.layer, target=args.target, topk=args.topk
     )
     taken: set[str] = set()
-    done, failed = 0, 0
-    for e in stream:
-        if e.error is not None:
-            failed += 1
-            print(f"resnetlab explain: {e.error}", file=sys.stderr, flush=True)
-            continue
-        done += 1
+    images = ImageResults("explain", stream, args.images)
+    for e in images:
         png = out_dir / png_name(Path(e.image), taken)
         plot_explanation(e, png)
         _, name, p = e.target
         print(f"{e.image}: {name} {100 * p:.2f}% at {e.layer} -> {png}", flush=True)
-    if not done and not failed:
-        raise UserError(f"no images found in {', '.join(args.images)}")
-    return 1 if failed else 0
+    return images.exit_code()
 
 
 def png_name(image: Path, taken: set[str]) -> str:
