@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reproduce": ("resnetlab.commands.reproduce", "run one of the paper's experiments"),
     "report": ("resnetlab.commands.report", "write report.md and pictures for an experiment"),
     "predict": ("resnetlab.commands.predict", "top-k classes of images with a trained model"),
+    "explain": ("resnetlab.commands.explain", "Grad-CAM heat maps: where a model looks in images"),
     "export": ("resnetlab.commands.export", "export a checkpoint to ONNX or safetensors"),
 }
 

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from resnetlab.commands.flags import add_checkpoint, add_inference
+from resnetlab.commands.per_image import ImageResults
 from resnetlab.device import resolve_device
-from resnetlab.errors import UserError
 from resnetlab.inference.predict import iter_predictions
 from resnetlab.models.weights import load_checkpoint
 
@@ -47,13 +46,8 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         precision=args.precision,
     )
-    results, done, failed = [], 0, 0
-    for pred in stream:
-        if pred.error is not None:
-            failed += 1
-            print(f"resnetlab predict: {pred.error}", file=sys.stderr, flush=True)
-            continue
-        done += 1
+    results, images = [], ImageResults("predict", stream, args.images)
+    for pred in images:
         if args.json:
             results.append(pred.to_json())
         else:
@@ -61,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
             print(pred.image, flush=True)
             for r, (_, name, p) in enumerate(pred.topk, 1):
                 print(f"  {r:>2}  {name:<{width}}  {100 * p:6.2f}%", flush=True)
-    if not done and not failed:
-        raise UserError(f"no images found in {', '.join(args.images)}")
+    code = images.exit_code()
     if args.json:
         print(json.dumps(results, indent=2))
-    return 1 if failed else 0
+    return code
