@@ -10,7 +10,7 @@ ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,onnx,explain]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,onnx,explain,tensorboard]'
 	touch $@
 
 train: $(VENV)/.installed

@@ -18,6 +18,7 @@ from typing import Any
 from resnetlab.device import DEVICE_PATTERN, PRECISIONS
 from resnetlab.errors import UserError, first_line
 from resnetlab.models import get_model_entry, model_depth
+from resnetlab.training.tensorboard import check_installed
 
 CIFAR = ("cifar10", "cifar100")
 DATASET_CHOICES = ("mnist", "fashion-mnist", *CIFAR, "folder")
@@ -151,6 +152,15 @@ class TrainConfig:
     skip_bad_images: bool = setting(False, "skip unreadable images of a folder", negatable=False)
     image_size: int | None = setting(help="folder datasets: crop size", check=at_least(1))
     resize_size: int | None = setting(help="folder datasets: eval resize", check=at_least(1))
+    # Only what is written changes, never the training: a resumed run may turn it on or off.
+    logger: str = setting(
+        "none",
+        "tensorboard: also write TensorBoard event files to OUTPUT_DIR/tensorboard",
+        choices=("none", "tensorboard"),
+        check=check_installed,
+        resume=True,
+        legacy="none",
+    )
     print_freq: int = setting(
         50, "steps between progress updates (and finiteness checks)", check=at_least(1), resume=True
     )

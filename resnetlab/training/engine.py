@@ -38,6 +38,7 @@ from resnetlab.training.evaluate import autocast, evaluate
 from resnetlab.training.optim import build_optimizer
 from resnetlab.training.run_folder import RunFolder, RunState, check_output_dir, make_summary
 from resnetlab.training.schedule import LrSchedule, build_scheduler, train_image_size
+from resnetlab.training.tensorboard import TensorBoardLogger, create_logger
 from resnetlab.version import __version__
 
 PLOT_EVERY_S = 60.0  # curves.png takes about a second: redrawn at most this often, and last
@@ -91,15 +92,18 @@ def train(
     """Run (or continue from ``state``) the training ``cfg`` describes; returns the summary."""
     world = world or World()
     folder = RunFolder(out_dir, writer=world.is_main)
+    logger = create_logger(cfg.logger, out_dir, world.is_main)
     try:
-        return _train(cfg, folder, state, world, overwrite, resume)
+        return _train(cfg, folder, logger, state, world, overwrite, resume)
     finally:
+        logger.close()
         folder.unlock()
 
 
 def _train(
     cfg: TrainConfig,
     folder: RunFolder,
+    logger: TensorBoardLogger,
     state: dict | None,
     world: World,
     overwrite: bool,
@@ -169,6 +173,7 @@ def _train(
     eval_net = net if ema is None else ema.module  # what is evaluated is what gets saved
     eval_kw = {"num_classes": bundle.num_classes, "precision": cfg.precision, "tta": cfg.tta}
     announce(cfg, bundle, device, log, folder.path)
+    logger.start(bundle, run.history)
     if state is not None:
         ckpt.set_rng_state(state["rng"])  # last, so that nothing above draws from it
 
@@ -204,6 +209,7 @@ def _train(
         row = run.record(
             epoch + 1, stats, eval_split, ev, raw, seconds, train_seconds, step.image_size
         )
+        logger.epoch(row)
         plot = epoch + 1 == cfg.epochs or time.monotonic() - last_plot >= PLOT_EVERY_S
         if folder.writer:
             snapshot = training_state(model, ema, step, cfg, run)
@@ -220,6 +226,7 @@ def _train(
         run.test_evaluations += 1
     run.elapsed += time.perf_counter() - t0
     summary = make_summary(cfg, run, test, device, eval_split, model)
+    logger.end(asdict(cfg), summary)
     folder.write_summary(summary)
     log(f"total time {_hms(run.elapsed)}; " + _summary_line(summary))
     log(f"results: {folder.path / 'summary.json'}, curves: {folder.path / 'curves.png'}")
