@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
+TEST_WORKERS ?= auto  # pytest-xdist processes, one per core (make test TEST_WORKERS=0: in-process)
 
 .PHONY: train test lint bench clean
 
@@ -22,7 +23,7 @@ lint: $(VENV)/.installed
 	$(BIN)/lint-imports
 
 test: $(VENV)/.installed lint
-	$(BIN)/python -m pytest -q --durations=15 $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15 $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
