@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
             "this run held out no validation set; pass --val-split N or use --split test"
         )
     image_size = (meta.get("input_size") or [None, None, 224])[-1] or 224
+    subset = run_cfg.get("classes") if same_data else None  # a run on some classes (--classes)
+    subset = None if subset == "all" else subset
     bundle = build_loaders(
         dataset,
         data_path,
@@ -95,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         image_size=image_size,
         resize_size=meta.get("resize_size") or 256,
-        classes=meta.get("classes") if dataset == "folder" else None,
+        classes=meta.get("classes") if dataset == "folder" and subset is None else None,
+        class_subset=subset,
     )
     if bundle.in_channels != meta["in_channels"] or bundle.num_classes != meta["num_classes"]:
         raise UserError(

@@ -2,6 +2,7 @@
 `build_loaders`, `load_arrays` (raw uint8 tensors) and `DATASETS` (known without a file read)."""
 
 from resnetlab.data.arrays import load_arrays
+from resnetlab.data.balance import balanced_class_weights
 from resnetlab.data.build import DataBundle, Loader, build_loaders
 from resnetlab.data.in_memory import InMemoryLoader
 from resnetlab.data.info import DATASETS, DatasetInfo, DataWarning
@@ -14,6 +15,7 @@ __all__ = [
     "DatasetInfo",
     "InMemoryLoader",
     "Loader",
+    "balanced_class_weights",
     "build_loaders",
     "default_data_root",
     "load_arrays",

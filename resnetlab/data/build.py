@@ -19,8 +19,11 @@ from resnetlab.data.arrays import load_arrays, load_classes
 from resnetlab.data.folder import ClassFolder, FolderLoader, folder_layout, folder_transform
 from resnetlab.data.in_memory import AUGMENTS, InMemoryLoader
 from resnetlab.data.info import FOLDER_MEAN, FOLDER_STD, get_info
+from resnetlab.data.mix import MixedLoader, batch_mix
 from resnetlab.data.order import check_numbers, holdout_split
+from resnetlab.data.policies import PerImage, auto_augment_policy, random_erasing
 from resnetlab.data.root import resolve_root
+from resnetlab.data.subset import parse_classes, per_class_indices, relabel, restrict_folder
 from resnetlab.errors import UserError
 
 
@@ -49,6 +52,7 @@ class DataBundle:
     std: tuple[float, ...]
     input_size: tuple[int, int, int]  # (C, H, W) the model sees
     resize_size: int | None  # eval resize before the centre crop (folders); None in memory
+    train_labels: Tensor | None = None  # int64, every training sample's class (all ranks)
 
 
 def build_loaders(
@@ -72,10 +76,26 @@ def build_loaders(
     resize_size: int = 256,
     skip_bad_images: bool = False,
     classes: Sequence[str] | None = None,
+    auto_augment: str = "none",
+    ra_magnitude: int = 9,
+    augmix_severity: int = 3,
+    random_erase: float = 0.0,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
+    class_subset: str | None = None,
+    per_class: int | None = None,
+    subset_seed: int | None = None,
+    sampler: str = "shuffle",
 ) -> DataBundle:
     """Loaders for a DATASETS name (in memory, on ``device``) or ``"folder"``; ``val_split``
     images are held out of training by ``seed``. ``classes`` fixes a folder dataset's class list
-    (e.g. the model's) instead of the training folder's sorted sub-folders."""
+    (e.g. the model's) instead of the training folder's sorted sub-folders.
+
+    Training augmentation beyond ``augment`` (data/policies.py, data/mix.py): ``auto_augment``
+    (one of POLICIES), ``random_erase`` (a probability), ``mixup_alpha`` and ``cutmix_alpha``
+    (soft targets). ``class_subset`` ("5,6" or "cat,dog"; None or "all": every class) keeps
+    some classes in every split and ``per_class`` that many training images of each
+    (data/subset.py); ``sampler="balanced"`` draws classes equally often (data/order.py)."""
     eval_batch_size = 2 * batch_size if eval_batch_size is None else eval_batch_size
     check_numbers(batch_size=batch_size, eval_batch_size=eval_batch_size, world_size=world_size)
     check_numbers(minimum=0, val_split=val_split, seed=seed)
@@ -83,6 +103,12 @@ def build_loaders(
         raise UserError(f"unknown augmentation {augment!r}; known: {', '.join(AUGMENTS)}")
     if not 0 <= rank < world_size:
         raise UserError(f"rank {rank} outside 0..{world_size - 1}")
+    if sampler not in ("shuffle", "balanced"):
+        raise UserError(f"unknown sampler {sampler!r}; known: shuffle, balanced")
+    policy = auto_augment_policy(auto_augment, ra_magnitude, augmix_severity)
+    erasing = random_erasing(random_erase)
+    subset_seed = seed if subset_seed is None else subset_seed
+    class_subset = None if class_subset == "all" else class_subset
     root = resolve_root(data_path)
     placement = dict(
         seed=seed,
@@ -103,14 +129,20 @@ def build_loaders(
         if resize_size < image_size:
             raise UserError(f"resize-size {resize_size} is smaller than image-size {image_size}")
         train_dir, val_dir, test_dir = folder_layout(root)
-        augmenting = folder_transform(augment, image_size, resize_size)
+        augmenting = folder_transform(augment, image_size, resize_size, policy, erasing)
         train_set = ClassFolder(train_dir, classes, augmenting)
         class_list, ev = list(train_set.classes), folder_transform("none", image_size, resize_size)
+        all_classes = class_list
+        keep = parse_classes(class_subset, class_list) if class_subset is not None else None
+        if keep is not None:
+            train_set = restrict_folder(train_set, keep)
+            class_list = list(train_set.classes)
         training |= dict(workers=workers, skip_bad_images=skip_bad_images)
         evaluation |= dict(workers=workers, skip_bad_images=skip_bad_images)
 
         def eval_loader(folder: Path) -> FolderLoader:
-            return FolderLoader(ClassFolder(folder, class_list, ev), **evaluation)
+            ds = ClassFolder(folder, all_classes, ev)
+            return FolderLoader(ds if keep is None else restrict_folder(ds, keep), **evaluation)
 
         train_subset = None
         if val_split:
@@ -123,22 +155,47 @@ def build_loaders(
         elif val_dir is not None:
             val = eval_loader(val_dir)
         test = eval_loader(test_dir) if test_dir is not None else None
+        train_labels = torch.tensor(train_set.targets, dtype=torch.int64)
+        if train_subset is not None:
+            train_labels = train_labels[train_subset]
+        if per_class is not None:
+            picked = per_class_indices(train_labels, per_class, subset_seed, class_list)
+            positions = torch.arange(len(train_set)) if train_subset is None else train_subset
+            train_subset, train_labels = positions[picked], train_labels[picked]
         train = FolderLoader(train_set, train_subset, **training)
         mean, std, input_size = FOLDER_MEAN, FOLDER_STD, (3, image_size, image_size)
     else:
         info = get_info(dataset)
         images, labels = load_arrays(info.name, root, train=True, download=download)
         test_images, test_labels = load_arrays(info.name, root, train=False, download=download)
+        class_list = load_classes(info.name, root)
+        if class_subset is not None:
+            keep = parse_classes(class_subset, class_list)
+            where, labels = relabel(labels, keep, len(class_list))
+            images = images[where]
+            where, test_labels = relabel(test_labels, keep, len(class_list))
+            test_images = test_images[where]
+            class_list = [class_list[i] for i in keep]
         mean, std, input_size = info.mean, info.std, (info.in_channels, *info.image_size)
         evaluation |= dict(mean=mean, std=std)
         training |= dict(mean=mean, std=std, augment=augment)
+        if policy is not None or erasing is not None:
+            training |= dict(per_image=PerImage(policy, erasing))
         if val_split:
             train_idx, val_idx = holdout_split(len(images), val_split, seed)
             val = InMemoryLoader(images[val_idx], labels[val_idx], **evaluation)
             images, labels = images[train_idx], labels[train_idx]
+        if per_class is not None:
+            picked = per_class_indices(labels, per_class, subset_seed, class_list)
+            images, labels = images[picked], labels[picked]
         train = InMemoryLoader(images, labels, **training)
         test = InMemoryLoader(test_images, test_labels, **evaluation)
-        class_list = load_classes(info.name, root)
+        train_labels = labels
+    if sampler == "balanced":
+        train.balance(train_labels)
+    mix = batch_mix(len(class_list), mixup_alpha, cutmix_alpha)
+    if mix is not None:
+        train = MixedLoader(train, mix)
     return DataBundle(
         train=train,
         val=val,
@@ -150,4 +207,5 @@ def build_loaders(
         std=std,
         input_size=input_size,
         resize_size=resize_size if dataset == "folder" else None,
+        train_labels=train_labels,
     )

@@ -79,16 +79,28 @@ def _collate(items: list[Any]) -> tuple[Tensor | None, Tensor | None, list[BadIm
     return (*default_collate(good), bad) if good else (None, None, bad)
 
 
-def folder_transform(augment: str, image_size: int, resize_size: int) -> v2.Compose:
+def folder_transform(
+    augment: str,
+    image_size: int,
+    resize_size: int,
+    policy: v2.Transform | None = None,
+    erasing: v2.RandomErasing | None = None,
+) -> v2.Compose:
     """torchvision's ImageNet reference recipe (RandomResizedCrop + flip) or a part of it, then
-    ImageNet's normalisation; ``"none"``, resize and centre crop, is the evaluation transform."""
+    ImageNet's normalisation; ``"none"``, resize and centre crop, is the evaluation transform.
+    An auto-augment ``policy`` goes after the crop and flip, ``erasing`` after the
+    normalisation, as in torchvision's reference presets (data/policies.py)."""
     centre = [v2.Resize(resize_size), v2.CenterCrop(image_size)]
     crop, flip = [v2.RandomResizedCrop(image_size)], [v2.RandomHorizontalFlip()]
     # crop-flip and cutout: the whole recipe
     geometric = {"none": centre, "flip": centre + flip, "crop": crop}.get(augment, crop + flip)
+    if policy is not None:
+        geometric = [*geometric, policy]
     norm = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(FOLDER_MEAN, FOLDER_STD)]
     if augment == "cutout":  # a square of a quarter of the area, set to the mean
         norm.append(v2.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0))
+    if erasing is not None:
+        norm.append(erasing)
     return v2.Compose([v2.ToImage(), *geometric, *norm])
 
 
@@ -139,9 +151,15 @@ class FolderLoader(EpochShards):
         return self.subset[pos] if self.subset is not None else pos
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        keys: list[Any] = self.indices().tolist()
+        indices = self.indices()
+        keys: list[Any] = indices.tolist()
         if self.train:  # each sample's augmentation is a function of its key alone
-            keys = [(i, self.seed, self.epoch) for i in keys]
+            drawn = self.augment_keys(indices)
+            if drawn is indices:
+                keys = [(i, self.seed, self.epoch) for i in keys]
+            else:  # the balanced sampler: also the position in the epoch's draw
+                positions = drawn.tolist()
+                keys = [(i, self.seed, self.epoch, p) for i, p in zip(keys, positions, strict=True)]
         loader = DataLoader(
             self.dataset,
             batch_size=self.batch_size,

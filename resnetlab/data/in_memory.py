@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from resnetlab.data.order import AUGMENT_STREAM, EpochShards, generator
+from resnetlab.data.policies import PerImage
 from resnetlab.errors import UserError
 
 AUGMENTS = ("crop-flip", "crop", "flip", "none", "cutout")
@@ -32,6 +33,8 @@ class InMemoryLoader(EpochShards):
 
     ``crop-flip`` is the paper's (torchvision's ``RandomCrop(32, padding=4)``, then a flip with
     p=1/2); ``cutout`` then sets a ``cutout_size`` square to the mean (DeVries and Taylor 2017).
+    ``per_image`` adds an auto-augment policy (on the uint8 crops) and random erasing (after the
+    normalisation), image by image.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class InMemoryLoader(EpochShards):
         world_size: int = 1,
         padding: int = 4,
         cutout_size: int | None = None,
+        per_image: PerImage | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(
@@ -96,6 +100,7 @@ class InMemoryLoader(EpochShards):
         self._scale = 1.0 / (255.0 * std_t)
         self._shift = -mean_t / std_t
         self._table = self._window_table() if self.augment != "none" else None
+        self.per_image = per_image if train else None
 
     @property
     def images(self) -> Tensor:
@@ -139,7 +144,10 @@ class InMemoryLoader(EpochShards):
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         c, h, w = self.image_shape
         idx = self.indices().to(self.device)
-        combo = cutout = None
+        keys = self.augment_keys(idx)  # idx itself, unless the balanced sampler draws
+        combo = cutout = seeds = None
+        if self.per_image is not None:
+            seeds = self.per_image.seeds(self.seed, self.epoch, self.dataset_size)
         if self.augment != "none":
             p = self.augment_params()
             k = 2 * self.padding + 1
@@ -149,23 +157,30 @@ class InMemoryLoader(EpochShards):
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         ar_h = torch.arange(h, device=self.device)
         ar_w = torch.arange(w, device=self.device)
-        for sel in idx.split(self.batch_size)[: len(self)]:  # without a dropped last batch
+        batches = zip(idx.split(self.batch_size), keys.split(self.batch_size), strict=True)
+        for sel, key in list(batches)[: len(self)]:  # without a dropped last batch
             bsz = len(sel)
             src = self._pixels.index_select(0, sel)
             if combo is None:
                 src = src[:, :, : h * w]
             else:
-                where = self._table.index_select(0, combo.index_select(0, sel))
+                where = self._table.index_select(0, combo.index_select(0, key))
                 src = torch.gather(src, 2, where.unsqueeze(1).expand(bsz, c, h * w))
+            if seeds is not None:
+                key_seeds = seeds[key.cpu()]
+                src = src.unflatten(2, (h, w))
+                src = self.per_image.apply_policy(src, key_seeds[:, 0]).flatten(2)
             out = torch.empty((bsz, c, h, w), device=self.device, memory_format=fmt)
             out.view(bsz, c, h * w).copy_(src)
             out.mul_(self._scale).add_(self._shift)
             if cutout is not None:  # a size-s square centred at (cy, cx), clipped at the edges
                 s = self.cutout_size
-                top = cutout[0][sel][:, None] - s // 2
-                left = cutout[1][sel][:, None] - s // 2
+                top = cutout[0][key][:, None] - s // 2
+                left = cutout[1][key][:, None] - s // 2
                 in_rows = (ar_h >= top) & (ar_h < top + s)
                 in_cols = (ar_w >= left) & (ar_w < left + s)
                 out.masked_fill_((in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1), 0.0)
+            if seeds is not None:
+                self.per_image.erase(out, key_seeds[:, 1])
             x = out if self.dtype == torch.float32 else out.to(self.dtype)
             yield x, self.labels.index_select(0, sel)

@@ -27,6 +27,10 @@ def generator(*key: int) -> torch.Generator:
 ORDER_STREAM = 0
 AUGMENT_STREAM = 1
 SPLIT_STREAM = 2
+POLICY_STREAM = 3  # in-memory auto-augment and random erasing, per image
+SAMPLER_STREAM = 4  # the balanced sampler's draw
+MIX_STREAM = 5  # MixUp / CutMix, per batch
+SUBSET_STREAM = 6  # which images --per-class keeps
 
 
 def holdout_split(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +76,7 @@ class EpochShards:
         self.world_size = world_size
         self.drop_last = drop_last and train
         self.epoch = 0
+        self.sample_weights: torch.Tensor | None = None  # set by `balance`
         if train:
             self.num_samples = dataset_size // world_size
             if batch_size > self.num_samples:
@@ -82,6 +87,12 @@ class EpochShards:
                 )
         else:
             self.num_samples = len(range(rank, dataset_size, world_size))
+
+    def balance(self, labels: torch.Tensor) -> None:
+        """Train epochs draw ``dataset_size`` samples with replacement instead of a shuffle, each
+        with probability inversely proportional to its class's count (``labels``: one a sample)."""
+        counts = torch.bincount(labels)
+        self.sample_weights = 1.0 / counts[labels].double()
 
     def set_epoch(self, epoch: int) -> None:
         """Select epoch ``epoch``'s order and augmentation; eval loaders ignore it."""
@@ -99,6 +110,19 @@ class EpochShards:
         if not self.train:
             return torch.arange(self.rank, self.dataset_size, self.world_size)
         epoch = self.epoch if epoch is None else epoch
-        g = generator(ORDER_STREAM, self.seed, epoch)
-        perm = torch.randperm(self.dataset_size, generator=g)
+        if self.sample_weights is None:
+            g = generator(ORDER_STREAM, self.seed, epoch)
+            perm = torch.randperm(self.dataset_size, generator=g)
+        else:  # the balanced sampler: one draw shared by all ranks, as a permutation is
+            g = generator(SAMPLER_STREAM, self.seed, epoch)
+            perm = torch.multinomial(self.sample_weights, self.dataset_size, True, generator=g)
         return perm[self.rank : self.num_samples * self.world_size : self.world_size]
+
+    def augment_keys(self, indices: torch.Tensor) -> torch.Tensor:
+        """What the augmentation of each of this rank's ``indices`` is a function of: the sample
+        (a shuffle visits each once), or with the balanced sampler its position in the epoch's
+        draw, so that a sample drawn twice is augmented twice, differently."""
+        if self.sample_weights is None or not self.train:
+            return indices
+        positions = torch.arange(self.rank, self.num_samples * self.world_size, self.world_size)
+        return positions.to(indices.device)

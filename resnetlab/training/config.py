@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from resnetlab.data.policies import POLICIES
 from resnetlab.device import DEVICE_PATTERN, PRECISIONS
 from resnetlab.errors import UserError, first_line
 from resnetlab.models import get_model_entry, model_depth
@@ -50,6 +51,19 @@ def not_negative(v: float) -> str | None:
 
 def fraction(v: float) -> str | None:
     return None if 0 <= v < 1 else f"must be in [0, 1), got {v}"
+
+
+def probability(v: float) -> str | None:
+    return None if 0 <= v <= 1 else f"must be a probability in [0, 1], got {v}"
+
+
+def between(low: int, high: int) -> Callable[[Any], str | None]:
+    return lambda v: None if low <= v <= high else f"must be in {low}..{high}, got {v}"
+
+
+def class_names(v: str) -> str | None:
+    items = [item.strip() for item in v.split(",")]
+    return "needs comma-separated class names or indices, e.g. 5,6,7" if "" in items else None
 
 
 def below_one(v: float) -> str | None:
@@ -149,6 +163,47 @@ class TrainConfig:
         2, "loader processes", flags=("-j", "--workers"), check=not_negative, resume=True
     )
     augment: str | None = setting(help="crop-flip, flip, cutout or none")
+    # Augmentation and imbalanced classes (docs/augment.md), torchvision's reference flag names.
+    auto_augment: str = setting(
+        "none", "policy after crop and flip", choices=POLICIES, legacy="none"
+    )
+    ra_magnitude: int = setting(9, "RandAugment's magnitude", check=between(0, 30), legacy=9)
+    augmix_severity: int = setting(3, "AugMix's severity", check=between(1, 10), legacy=3)
+    random_erase: float = setting(
+        0.0, "probability of erasing a rectangle of an image", check=probability, legacy=0.0
+    )
+    mixup_alpha: float = setting(
+        0.0, "MixUp's Beta(alpha, alpha) (0: off)", check=not_negative, legacy=0.0
+    )
+    cutmix_alpha: float = setting(
+        0.0, "CutMix's Beta(alpha, alpha) (0: off)", check=not_negative, legacy=0.0
+    )
+    classes: str = setting(
+        "all",
+        "only these classes, e.g. 5,6,7 or cat,dog (re-indexed 0..k-1, in every split)",
+        check=class_names,
+        legacy="all",
+    )
+    per_class: int | None = setting(
+        help="training images of each class (the first N in a seeded order; default: all)",
+        check=at_least(1),
+        legacy=None,
+    )
+    subset_seed: int | None = setting(  # None: --seed's, written out by resolve_config
+        help="the order --per-class picks from (default: --seed)", check=not_negative, legacy=None
+    )
+    class_weights: str = setting(
+        "none",
+        "balanced: loss weights n / (classes * count of the class)",
+        choices=("none", "balanced"),
+        legacy="none",
+    )
+    sampler: str = setting(
+        "shuffle",
+        "balanced: each epoch draws with replacement, 1 / count of the class",
+        choices=("shuffle", "balanced"),
+        legacy="shuffle",
+    )
     skip_bad_images: bool = setting(False, "skip unreadable images of a folder", negatable=False)
     image_size: int | None = setting(help="folder datasets: crop size", check=at_least(1))
     resize_size: int | None = setting(help="folder datasets: eval resize", check=at_least(1))
@@ -307,6 +362,8 @@ def resolve_config(file_values: dict[str, Any], flags: dict[str, Any]) -> TrainC
         raise UserError("--model and --dataset are required (or a --config that sets them)")
     validate(cfg)  # names and numbers first, so the error names what the user typed
     cfg = fill_recipe(cfg, get_model_entry(cfg.model).family)
+    if cfg.subset_seed is None:  # config.json says which order --per-class picked from
+        cfg.subset_seed = cfg.seed
     validate(cfg)
     if cfg.output_dir is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

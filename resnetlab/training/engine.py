@@ -23,7 +23,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from resnetlab.data import DataBundle, build_loaders
+from resnetlab.data import DataBundle, balanced_class_weights, build_loaders
 from resnetlab.data.root import resolve_root
 from resnetlab.device import resolve_channels_last, resolve_device, resolve_precision
 from resnetlab.errors import UserError, first_line
@@ -136,7 +136,9 @@ def _train(
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, schedule),
         scaler=torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16"),
-        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        criterion=nn.CrossEntropyLoss(
+            weight=class_weights(cfg, bundle, device), label_smoothing=cfg.label_smoothing
+        ),
         precision=cfg.precision,
         after_step=None if ema is None else partial(_update_ema, ema, model, cfg.model_ema_steps),
     )
@@ -280,7 +282,9 @@ def train_one_epoch(
         with torch.no_grad():
             loss = loss.detach().float()
             loss_sum += loss.double() * y.shape[0]
-            correct += (out.argmax(dim=1) == y).sum()
+            # MixUp / CutMix give probability targets: their argmax counts (as torchvision's)
+            target = y if y.ndim == 1 else y.argmax(dim=1)
+            correct += (out.argmax(dim=1) == target).sum()
             first_bad.copy_(torch.where(torch.isfinite(loss) | (first_bad >= 0), first_bad, it))
         seen += y.shape[0]
         it += 1
@@ -339,10 +343,13 @@ def load_data(cfg: TrainConfig, device: torch.device, world: World) -> DataBundl
     cfg.data_path = str(resolve_root(cfg.data_path).resolve())
     cfg.eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
     same = ("download", "batch_size", "eval_batch_size", "val_split", "seed", "augment", "workers")
+    same += ("auto_augment", "ra_magnitude", "augmix_severity", "random_erase", "mixup_alpha")
+    same += ("cutmix_alpha", "per_class", "subset_seed", "sampler")
     bundle = build_loaders(
         cfg.dataset,
         cfg.data_path,
         **{name: getattr(cfg, name) for name in same},  # the settings of the same name
+        class_subset=cfg.classes,
         device=str(device),
         channels_last=cfg.channels_last,
         rank=world.rank,
@@ -365,6 +372,15 @@ def load_data(cfg: TrainConfig, device: torch.device, world: World) -> DataBundl
     cfg.image_size = cfg.image_size or bundle.input_size[-1]
     cfg.resize_size = cfg.resize_size or bundle.resize_size
     return bundle
+
+
+def class_weights(
+    cfg: TrainConfig, bundle: DataBundle, device: torch.device
+) -> torch.Tensor | None:
+    """The loss's per-class weights: None, or scikit-learn's "balanced" of the training labels."""
+    if cfg.class_weights != "balanced":
+        return None
+    return balanced_class_weights(bundle.train_labels, bundle.classes).to(device)
 
 
 def build_model(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
