@@ -126,6 +126,11 @@ class TrainConfig:
     )
     res_ramp_start: float | None = setting(help="fraction of the run where sides grow", legacy=0.0)
     res_ramp_end: float | None = setting(help="fraction of the run at the full size", legacy=0.0)
+    weights: str | None = setting(
+        help="start from pretrained weights: a torchvision name (ResNet18_Weights.DEFAULT), "
+        "a weights file or a run folder; the head and stem are adapted to the data",
+        legacy=None,
+    )
     recipe: str | None = setting(
         choices=("default", "fast"),
         help="the defaults of unset options: default (the paper's where it has one) or fast",

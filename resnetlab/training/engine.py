@@ -28,6 +28,7 @@ from resnetlab.data.root import resolve_root
 from resnetlab.device import resolve_channels_last, resolve_device, resolve_precision
 from resnetlab.errors import UserError, first_line
 from resnetlab.models import create_model
+from resnetlab.models.pretrained import load_pretrained
 from resnetlab.models.weights import load_into
 from resnetlab.training import checkpoint as ckpt
 from resnetlab.training import distributed
@@ -112,7 +113,7 @@ def _train(
     log = print if world.is_main else lambda *args, **kwargs: None  # ranks other than 0
     device = setup(cfg, world, resume)
     bundle = load_data(cfg, device, world)
-    model = build_model(cfg, bundle)
+    model = build_model(cfg, bundle, log=log, pretrained=not resume)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -367,9 +368,17 @@ def load_data(cfg: TrainConfig, device: torch.device, world: World) -> DataBundl
     return bundle
 
 
-def build_model(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
-    """The model, checked against the data (and the smallest side it will be trained at)."""
+def build_model(
+    cfg: TrainConfig,
+    bundle: DataBundle,
+    log: Callable[..., None] = print,
+    pretrained: bool = True,
+) -> nn.Module:
+    """The model, checked against the data (and the smallest side it will be trained at);
+    a new run with ``--weights`` starts from them (a resumed one reads its own checkpoint)."""
     model = create_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
+    if cfg.weights and pretrained:
+        load_pretrained(model, cfg.weights, cfg.model, log)
     check_input(model, cfg.model, cfg.dataset, tuple(bundle.input_size), bundle.num_classes)
     if cfg.min_res:
         if cfg.min_res > bundle.input_size[-1]:
