@@ -17,6 +17,9 @@ from resnetlab.cli import main
 from resnetlab.models import create_model
 from resnetlab.models.pretrained import adapt, adapt_stem_weight
 from resnetlab.models.weights import read_weights
+from resnetlab.training.freeze import head_parameters
+from resnetlab.training.optim import build_optimizer
+from resnetlab.training.schedule import LrSchedule, build_scheduler
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -145,3 +148,40 @@ def test_a_file_of_another_architecture_is_one_line_exit_2(
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "do not match" in err, err
 
+
+def test_freeze_trains_only_the_head_and_keeps_the_bn_statistics(
+    hub: dict, images: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    assert train(images, run, "--weights", NAME, "--freeze", "--lr", "0.1") == 0
+    state, _ = read_weights(run)
+    assert state["fc.weight"].shape == (3, 512)
+    still = tmp_path / "still"  # the same seed, so the same new head, barely moved
+    assert train(images, still, "--weights", NAME, "--freeze", "--lr", "1e-9") == 0
+    initial, _ = read_weights(still)
+    assert (state["fc.weight"] - initial["fc.weight"]).abs().max() > 1e-3  # the head learned
+    for key, cached in hub.items():
+        if not key.startswith("fc.") and not key.endswith("num_batches_tracked"):
+            assert torch.equal(state[key], cached), key  # weights and BN running stats
+
+
+def test_backbone_lr_scale_gives_the_backbone_groups_a_share_of_the_lr() -> None:
+    model = create_model("resnet20")
+    head = head_parameters(model)
+    opt = build_optimizer(model, "sgd", 0.1, 0.9, False, 1e-4, True, 0.25, head)
+    fc = {id(model.fc.weight), id(model.fc.bias)}
+    groups = [({id(p) for p in g["params"]}, g["lr"], g["weight_decay"]) for g in opt.param_groups]
+    backbone = [g for g in groups if not g[0] & fc]
+    top = [g for g in groups if g[0] & fc]
+    assert all(ids.isdisjoint(fc) and lr == pytest.approx(0.025) for ids, lr, _ in backbone)
+    assert all(ids <= fc and lr == 0.1 for ids, lr, _ in top)
+    assert sorted(wd for *_, wd in top) == [0.0, 1e-4]  # fc.bias undecayed, fc.weight decayed
+    everything = set().union(*(ids for ids, *_ in groups))
+    assert everything == {id(p) for p in model.parameters()}
+    # The schedule scales every group's own base lr: the ratio holds at every step.
+    sched = build_scheduler(opt, LrSchedule(name="cosine", total=10, steps_per_epoch=5))
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    lrs = [g["lr"] for g in opt.param_groups]
+    assert min(lrs) / max(lrs) == pytest.approx(0.25)

@@ -131,6 +131,16 @@ class TrainConfig:
         "a weights file or a run folder; the head and stem are adapted to the data",
         legacy=None,
     )
+    freeze: bool = setting(
+        False,
+        "train only the head (the last linear layer): the backbone's weights and BatchNorm "
+        "statistics stay as loaded",
+        negatable=False,
+        legacy=False,
+    )
+    backbone_lr_scale: float = setting(
+        1.0, "the backbone's lr is lr x this (the head's is lr)", check=positive, legacy=1.0
+    )
     recipe: str | None = setting(
         choices=("default", "fast"),
         help="the defaults of unset options: default (the paper's where it has one) or fast",

@@ -36,6 +36,7 @@ from resnetlab.training.config import TrainConfig
 from resnetlab.training.distributed import World
 from resnetlab.training.ema import create_ema
 from resnetlab.training.evaluate import autocast, evaluate
+from resnetlab.training.freeze import freeze_backbone, head_parameters
 from resnetlab.training.optim import build_optimizer
 from resnetlab.training.run_folder import RunFolder, RunState, check_output_dir, make_summary
 from resnetlab.training.schedule import LrSchedule, build_scheduler, train_image_size
@@ -121,8 +122,9 @@ def _train(
     ema = create_ema(model, cfg.model_ema_decay, cfg.model_ema_steps) if cfg.model_ema else None
     published = ema.module if ema is not None else model
     optimizer = build_optimizer(
-        model, cfg.opt, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.no_wd_norm_bias
-    )
+        model, cfg.opt, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.no_wd_norm_bias,
+        cfg.backbone_lr_scale, head_parameters(model) if cfg.backbone_lr_scale != 1 else None,
+    )  # fmt: skip
     schedule = LrSchedule(
         name=cfg.schedule,
         total=cfg.iterations,
@@ -387,6 +389,8 @@ def build_model(
             )
         small = (bundle.input_size[0], cfg.min_res, cfg.min_res)
         check_input(model, cfg.model, f"--min-res {cfg.min_res}", small, bundle.num_classes)
+    if cfg.freeze:
+        freeze_backbone(model)
     if cfg.sync_bn:  # same parameter and buffer names: checkpoints stay plain BatchNorm ones
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
