@@ -14,9 +14,10 @@ from PIL import Image
 from torchvision.models import ResNet18_Weights
 
 from resnetlab.cli import main
-from resnetlab.models import create_model
+from resnetlab.models import create_model, get_model_entry
 from resnetlab.models.pretrained import adapt, adapt_stem_weight
 from resnetlab.models.weights import read_weights
+from resnetlab.training.config import fill_recipe, merge
 from resnetlab.training.freeze import head_parameters
 from resnetlab.training.optim import build_optimizer
 from resnetlab.training.schedule import LrSchedule, build_scheduler
@@ -185,3 +186,16 @@ def test_backbone_lr_scale_gives_the_backbone_groups_a_share_of_the_lr() -> None
         sched.step()
     lrs = [g["lr"] for g in opt.param_groups]
     assert min(lrs) / max(lrs) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("model, dataset", [("resnet18", "folder"), ("resnet110", "cifar10")])
+def test_the_finetune_recipe_is_short_warmed_up_and_cosine(model: str, dataset: str) -> None:
+    family = get_model_entry(model).family
+    cfg = fill_recipe(merge({}, dict(model=model, dataset=dataset, recipe="finetune")), family)
+    assert (cfg.epochs, cfg.iterations, cfg.lr, cfg.schedule) == (10, None, 0.01, "cosine")
+    assert (cfg.warmup_epochs, cfg.warmup_method, cfg.label_smoothing) == (1.0, "linear", 0.1)
+    assert cfg.recipe == "finetune" and cfg.momentum == 0.9  # the rest is the default recipe's
+    given = fill_recipe(
+        merge({}, dict(model=model, dataset=dataset, recipe="finetune", lr=0.1)), family
+    )
+    assert given.lr == 0.1
