@@ -17,7 +17,8 @@ from resnetlab.cli import main
 from resnetlab.models import create_model, get_model_entry
 from resnetlab.models.pretrained import adapt, adapt_stem_weight
 from resnetlab.models.weights import read_weights
-from resnetlab.training.config import fill_recipe, merge
+from resnetlab.training.config import TrainConfig, fill_recipe, merge
+from resnetlab.training.engine import weights_preprocessing
 from resnetlab.training.freeze import head_parameters
 from resnetlab.training.optim import build_optimizer
 from resnetlab.training.schedule import LrSchedule, build_scheduler
@@ -199,3 +200,26 @@ def test_the_finetune_recipe_is_short_warmed_up_and_cosine(model: str, dataset: 
         merge({}, dict(model=model, dataset=dataset, recipe="finetune", lr=0.1)), family
     )
     assert given.lr == 0.1
+
+
+def test_folder_preprocessing_follows_the_torchvision_weights_unless_given(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    # torchvision's documented transforms: V1 resize 256 crop 224, ResNet50's V2 resize 232.
+    cfg = TrainConfig(model="resnet18", dataset="folder", weights=NAME)
+    weights_preprocessing(cfg, print)
+    assert (cfg.image_size, cfg.resize_size) == (224, 256)
+    out = capsys.readouterr().out
+    assert out.startswith("notice: folder images resized to 256 and cropped to 224, mean (0.485")
+    cfg = TrainConfig(model="resnet50", dataset="folder", weights="ResNet50_Weights.IMAGENET1K_V2")
+    weights_preprocessing(cfg, print)
+    assert (cfg.image_size, cfg.resize_size) == (224, 232)
+    given = TrainConfig(model="resnet18", dataset="folder", weights=NAME, image_size=32)
+    weights_preprocessing(given, print)
+    assert (given.image_size, given.resize_size) == (32, 256)
+    capsys.readouterr()
+    both = TrainConfig(
+        model="resnet18", dataset="folder", weights=NAME, image_size=32, resize_size=36
+    )
+    weights_preprocessing(both, print)
+    assert (both.image_size, both.resize_size) == (32, 36) and capsys.readouterr().out == ""

@@ -141,3 +141,22 @@ def load_pretrained(
     ``model``, adapting the head and the stem; a mismatch elsewhere is one UserError line."""
     state = adapt(model, read_pretrained(spec, model_name), log)
     load_into(model, state, source=f"weights {spec}")
+
+
+def preprocessing(spec: str) -> dict | None:
+    """What a torchvision weights name was trained with (its ``transforms()``): crop and
+    resize sides, mean and std; None for a file, whose own metadata says it."""
+    if not is_weights_name(spec):
+        return None
+    from torchvision.models import get_weight
+
+    try:
+        t = get_weight(spec).transforms()
+    except (ValueError, KeyError, AttributeError):
+        return None  # an unknown name: build_model says so in one line
+    return {
+        "image_size": t.crop_size[0],
+        "resize_size": t.resize_size[0],
+        "mean": tuple(t.mean),
+        "std": tuple(t.std),
+    }

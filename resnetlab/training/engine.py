@@ -24,11 +24,12 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from resnetlab.data import DataBundle, build_loaders
+from resnetlab.data.info import FOLDER_MEAN, FOLDER_STD
 from resnetlab.data.root import resolve_root
 from resnetlab.device import resolve_channels_last, resolve_device, resolve_precision
 from resnetlab.errors import UserError, first_line
 from resnetlab.models import create_model
-from resnetlab.models.pretrained import load_pretrained
+from resnetlab.models.pretrained import load_pretrained, preprocessing
 from resnetlab.models.weights import load_into
 from resnetlab.training import checkpoint as ckpt
 from resnetlab.training import distributed
@@ -341,6 +342,8 @@ def load_data(cfg: TrainConfig, device: torch.device, world: World) -> DataBundl
     """The loaders; then ``cfg`` holds what follows from the data (length, warm-up, sizes)."""
     cfg.data_path = str(resolve_root(cfg.data_path).resolve())
     cfg.eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
+    if cfg.dataset == "folder" and cfg.weights:
+        weights_preprocessing(cfg, print if world.is_main else lambda *a: None)
     same = ("download", "batch_size", "eval_batch_size", "val_split", "seed", "augment", "workers")
     bundle = build_loaders(
         cfg.dataset,
@@ -368,6 +371,23 @@ def load_data(cfg: TrainConfig, device: torch.device, world: World) -> DataBundl
     cfg.image_size = cfg.image_size or bundle.input_size[-1]
     cfg.resize_size = cfg.resize_size or bundle.resize_size
     return bundle
+
+
+def weights_preprocessing(cfg: TrainConfig, log: Callable[..., None]) -> None:
+    """A folder dataset is cropped and resized as torchvision's weights expect, unless
+    --image-size or --resize-size say otherwise (each given one is kept)."""
+    pre = preprocessing(cfg.weights or "")
+    if pre is None or (cfg.image_size and cfg.resize_size):
+        return
+    if (pre["mean"], pre["std"]) != (FOLDER_MEAN, FOLDER_STD):
+        raise UserError(
+            f"{cfg.weights} expect mean {pre['mean']} and std {pre['std']}, "
+            f"but folder datasets normalise with {FOLDER_MEAN} and {FOLDER_STD}"
+        )
+    cfg.image_size = cfg.image_size or pre["image_size"]
+    cfg.resize_size = cfg.resize_size or pre["resize_size"]
+    log(f"notice: folder images resized to {cfg.resize_size} and cropped to {cfg.image_size}, "
+        f"mean {pre['mean']} and std {pre['std']}, as {cfg.weights} expect")  # fmt: skip
 
 
 def build_model(
