@@ -140,9 +140,25 @@ class TrainConfig:
     )
     res_ramp_start: float | None = setting(help="fraction of the run where sides grow", legacy=0.0)
     res_ramp_end: float | None = setting(help="fraction of the run at the full size", legacy=0.0)
+    weights: str | None = setting(
+        help="start from pretrained weights: a torchvision name (ResNet18_Weights.DEFAULT), "
+        "a weights file or a run folder; the head and stem are adapted to the data",
+        legacy=None,
+    )
+    freeze: bool = setting(
+        False,
+        "train only the head (the last linear layer): the backbone's weights and BatchNorm "
+        "statistics stay as loaded",
+        negatable=False,
+        legacy=False,
+    )
+    backbone_lr_scale: float = setting(
+        1.0, "the backbone's lr is lr x this (the head's is lr)", check=positive, legacy=1.0
+    )
     recipe: str | None = setting(
-        choices=("default", "fast"),
-        help="the defaults of unset options: default (the paper's where it has one) or fast",
+        choices=("default", "fast", "finetune"),
+        help="the defaults of unset options: default (the paper's where it has one), fast, or "
+        "finetune (short, low lr, for --weights)",
     )
     val_split: int | None = setting(
         help="images held out of train for validation", check=not_negative
@@ -276,6 +292,15 @@ FAST = dict(
     recipe="fast",
 )  # fmt: skip
 FAST_FAMILIES = ("cifar", "plain", "preact", "wide")
+# Starting from pretrained weights (--weights): a short run at a tenth of the usual lr, warmed
+# up so that the re-initialised head's first gradients do not wreck the backbone.
+FINETUNE = dict(
+    epochs=10, iterations=None, lr=0.01, weight_decay=1e-4, schedule="cosine", warmup_epochs=1.0,
+    warmup_iterations=None, warmup_method="linear", warmup_factor=0.01, label_smoothing=0.1,
+    recipe="finetune",
+)  # fmt: skip
+# Recipes that any model and dataset may use: their values over the default's.
+OVERLAYS = {"finetune": FINETUNE}
 
 
 def recipe(model: str, family: str, dataset: str, name: str = "default") -> dict[str, Any]:
@@ -286,6 +311,8 @@ def recipe(model: str, family: str, dataset: str, name: str = "default") -> dict
                 f"the fast recipe is for CIFAR models on cifar10/cifar100, not {model} on {dataset}"
             )
         return {**recipe(model, family, dataset), **FAST}
+    if name in OVERLAYS:
+        return {**recipe(model, family, dataset), **OVERLAYS[name]}
     values = next(
         v
         for datasets, families, v in RECIPES

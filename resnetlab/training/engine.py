@@ -24,10 +24,12 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from resnetlab.data import DataBundle, balanced_class_weights, build_loaders
+from resnetlab.data.info import FOLDER_MEAN, FOLDER_STD
 from resnetlab.data.root import resolve_root
 from resnetlab.device import resolve_channels_last, resolve_device, resolve_precision
 from resnetlab.errors import UserError, first_line
 from resnetlab.models import create_model
+from resnetlab.models.pretrained import load_pretrained, preprocessing
 from resnetlab.models.weights import load_into
 from resnetlab.training import checkpoint as ckpt
 from resnetlab.training import distributed
@@ -35,6 +37,7 @@ from resnetlab.training.config import TrainConfig
 from resnetlab.training.distributed import World
 from resnetlab.training.ema import create_ema
 from resnetlab.training.evaluate import autocast, evaluate
+from resnetlab.training.freeze import freeze_backbone, head_parameters
 from resnetlab.training.optim import build_optimizer
 from resnetlab.training.run_folder import RunFolder, RunState, check_output_dir, make_summary
 from resnetlab.training.schedule import LrSchedule, build_scheduler, train_image_size
@@ -112,7 +115,7 @@ def _train(
     log = print if world.is_main else lambda *args, **kwargs: None  # ranks other than 0
     device = setup(cfg, world, resume)
     bundle = load_data(cfg, device, world)
-    model = build_model(cfg, bundle)
+    model = build_model(cfg, bundle, log=log, pretrained=not resume)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -120,8 +123,9 @@ def _train(
     ema = create_ema(model, cfg.model_ema_decay, cfg.model_ema_steps) if cfg.model_ema else None
     published = ema.module if ema is not None else model
     optimizer = build_optimizer(
-        model, cfg.opt, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.no_wd_norm_bias
-    )
+        model, cfg.opt, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.no_wd_norm_bias,
+        cfg.backbone_lr_scale, head_parameters(model) if cfg.backbone_lr_scale != 1 else None,
+    )  # fmt: skip
     schedule = LrSchedule(
         name=cfg.schedule,
         total=cfg.iterations,
@@ -342,6 +346,8 @@ def load_data(cfg: TrainConfig, device: torch.device, world: World) -> DataBundl
     """The loaders; then ``cfg`` holds what follows from the data (length, warm-up, sizes)."""
     cfg.data_path = str(resolve_root(cfg.data_path).resolve())
     cfg.eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
+    if cfg.dataset == "folder" and cfg.weights:
+        weights_preprocessing(cfg, print if world.is_main else lambda *a: None)
     same = ("download", "batch_size", "eval_batch_size", "val_split", "seed", "augment", "workers")
     same += ("auto_augment", "ra_magnitude", "augmix_severity", "random_erase", "mixup_alpha")
     same += ("cutmix_alpha", "per_class", "subset_seed", "sampler")
@@ -383,9 +389,34 @@ def class_weights(
     return balanced_class_weights(bundle.train_labels, bundle.classes).to(device)
 
 
-def build_model(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
-    """The model, checked against the data (and the smallest side it will be trained at)."""
+def weights_preprocessing(cfg: TrainConfig, log: Callable[..., None]) -> None:
+    """A folder dataset is cropped and resized as torchvision's weights expect, unless
+    --image-size or --resize-size say otherwise (each given one is kept)."""
+    pre = preprocessing(cfg.weights or "")
+    if pre is None or (cfg.image_size and cfg.resize_size):
+        return
+    if (pre["mean"], pre["std"]) != (FOLDER_MEAN, FOLDER_STD):
+        raise UserError(
+            f"{cfg.weights} expect mean {pre['mean']} and std {pre['std']}, "
+            f"but folder datasets normalise with {FOLDER_MEAN} and {FOLDER_STD}"
+        )
+    cfg.image_size = cfg.image_size or pre["image_size"]
+    cfg.resize_size = cfg.resize_size or pre["resize_size"]
+    log(f"notice: folder images resized to {cfg.resize_size} and cropped to {cfg.image_size}, "
+        f"mean {pre['mean']} and std {pre['std']}, as {cfg.weights} expect")  # fmt: skip
+
+
+def build_model(
+    cfg: TrainConfig,
+    bundle: DataBundle,
+    log: Callable[..., None] = print,
+    pretrained: bool = True,
+) -> nn.Module:
+    """The model, checked against the data (and the smallest side it will be trained at);
+    a new run with ``--weights`` starts from them (a resumed one reads its own checkpoint)."""
     model = create_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
+    if cfg.weights and pretrained:
+        load_pretrained(model, cfg.weights, cfg.model, log)
     check_input(model, cfg.model, cfg.dataset, tuple(bundle.input_size), bundle.num_classes)
     if cfg.min_res:
         if cfg.min_res > bundle.input_size[-1]:
@@ -394,6 +425,8 @@ def build_model(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
             )
         small = (bundle.input_size[0], cfg.min_res, cfg.min_res)
         check_input(model, cfg.model, f"--min-res {cfg.min_res}", small, bundle.num_classes)
+    if cfg.freeze:
+        freeze_backbone(model)
     if cfg.sync_bn:  # same parameter and buffer names: checkpoints stay plain BatchNorm ones
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model

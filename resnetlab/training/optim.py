@@ -29,6 +29,20 @@ def param_groups(model: nn.Module, weight_decay: float, no_wd_norm_bias: bool) -
     return groups
 
 
+def scale_backbone(groups: list[dict], head: set[int], lr: float, scale: float) -> list[dict]:
+    """Each group split into its backbone part, at ``lr * scale``, and its head part (the
+    parameters whose ids are in ``head``), at ``lr``; the schedule keeps the ratio."""
+    out = []
+    for group in groups:
+        backbone = [p for p in group["params"] if id(p) not in head]
+        top = [p for p in group["params"] if id(p) in head]
+        if backbone:
+            out.append({**group, "params": backbone, "lr": lr * scale})
+        if top:
+            out.append({**group, "params": top})
+    return out
+
+
 def build_optimizer(
     model: nn.Module,
     opt: str,
@@ -37,9 +51,14 @@ def build_optimizer(
     nesterov: bool,
     weight_decay: float,
     no_wd_norm_bias: bool,
+    backbone_lr_scale: float = 1.0,
+    head: set[int] | None = None,
 ) -> torch.optim.Optimizer:
-    """SGD (the paper's) or AdamW, with the multi-tensor (``foreach``) update."""
+    """SGD (the paper's) or AdamW, with the multi-tensor (``foreach``) update; with
+    ``backbone_lr_scale``, every parameter but those in ``head`` (ids) at that share of lr."""
     groups = param_groups(model, weight_decay, no_wd_norm_bias)
+    if backbone_lr_scale != 1.0:
+        groups = scale_backbone(groups, head or set(), lr, backbone_lr_scale)
     common = {"lr": lr, "weight_decay": weight_decay, "foreach": True}
     if opt == "sgd":
         return torch.optim.SGD(groups, momentum=momentum, nesterov=nesterov, **common)

@@ -1,0 +1,162 @@
+"""Starting a model from pretrained weights: a torchvision weights name or a local file.
+
+A torchvision name goes through torch.hub's cache (``<hub dir>/checkpoints``), so a file put
+there by hand works offline. The head and the stem are adapted when the task differs: another
+class count re-initialises the last linear layer; another channel count adapts the first conv
+(grayscale: the sum of the RGB filters; N channels: the RGB filters repeated, scaled by 3/N, so
+that the activations keep their scale).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+from torch import Tensor, nn
+
+from resnetlab.errors import UserError, first_line
+from resnetlab.models.weights import load_into, read_weights
+
+
+def is_weights_name(spec: str) -> bool:
+    """``ResNet18_Weights.IMAGENET1K_V1``: an enum name, not a path."""
+    return "_Weights." in spec and os.sep not in spec and not Path(spec).exists()
+
+
+def hub_file(url: str) -> Path:
+    """Where torch.hub caches (and looks for) the file of ``url``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _torchvision_state(spec: str, model_name: str) -> dict[str, Tensor]:
+    from torchvision.models import get_model_weights, get_weight, list_models
+
+    try:
+        weights = get_weight(spec)
+    except (ValueError, KeyError, AttributeError):
+        raise UserError(
+            f"unknown weights {spec!r}: give a torchvision name such as "
+            "ResNet18_Weights.IMAGENET1K_V1, a weights file or a run folder"
+        ) from None
+    try:
+        ours = get_model_weights(model_name)
+    except (ValueError, KeyError):
+        ours = None
+    if type(weights) is not ours:
+        owner = next((m for m in list_models() if _weights_of(m) is type(weights)), "another model")
+        raise UserError(f"{spec} are weights of {owner}, not of {model_name}")
+    try:
+        return torch.hub.load_state_dict_from_url(
+            weights.url, check_hash=True, map_location="cpu", weights_only=True
+        )
+    except (URLError, OSError) as e:
+        file = hub_file(weights.url)
+        raise UserError(
+            f"cannot download {spec} ({first_line(e)}): put {file.name} in {file.parent}"
+        ) from None
+
+
+def _weights_of(name: str) -> type | None:
+    from torchvision.models import get_model_weights
+
+    try:
+        return get_model_weights(name)
+    except (ValueError, KeyError):
+        return None
+
+
+def read_pretrained(spec: str, model_name: str) -> dict[str, Tensor]:
+    """The state_dict ``spec`` names, refused if it is another architecture's."""
+    if is_weights_name(spec):
+        return _torchvision_state(spec, model_name)
+    state, meta = read_weights(spec)
+    if meta.get("model") and meta["model"] != model_name:
+        raise UserError(f"{spec} holds weights of {meta['model']}, not of {model_name}")
+    return state
+
+
+def head(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The classifier: the model's last linear layer (``fc`` in every model here)."""
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise UserError(f"{type(model).__name__} has no linear layer to use as the head")
+    return found[-1]
+
+
+def stem(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    """The first convolution, the one that sees the image channels."""
+    return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def adapt_stem_weight(weight: Tensor, in_channels: int) -> Tensor:
+    """RGB filters for ``in_channels`` inputs: summed for 1, else repeated and scaled by 3/N."""
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = math.ceil(in_channels / weight.shape[1])
+    out = weight.repeat(1, repeats, 1, 1)[:, :in_channels]
+    return out * (weight.shape[1] / in_channels)
+
+
+def _shape(t: Tensor) -> str:
+    return " x ".join(map(str, t.shape))
+
+
+def adapt(
+    model: nn.Module, state: dict[str, Tensor], log: Callable[[str], None] = print
+) -> dict[str, Tensor]:
+    """``state`` fitted to ``model``'s head and stem, each change announced in one line."""
+    state = dict(state)
+    name, fc = head(model)
+    key = f"{name}.weight"
+    if key in state and state[key].shape != fc.weight.shape:
+        log(
+            f"notice: {name} re-initialised for {fc.out_features} classes "
+            f"(weights: {_shape(state[key])}, now {_shape(fc.weight)})"
+        )
+        for k, v in fc.state_dict().items():
+            state[f"{name}.{k}"] = v.detach().clone()
+    first = stem(model)
+    if first is not None:
+        name, conv = first
+        key = f"{name}.weight"
+        w = state.get(key)
+        if w is not None and w.ndim == 4 and w.shape[1] != conv.in_channels:
+            state[key] = adapt_stem_weight(w, conv.in_channels)
+            log(
+                f"notice: {name} adapted to {conv.in_channels} input channel"
+                f"{'s' if conv.in_channels > 1 else ''} "
+                f"(weights: {_shape(w)}, now {_shape(state[key])})"
+            )
+    return state
+
+
+def load_pretrained(
+    model: nn.Module, spec: str, model_name: str, log: Callable[[str], None] = print
+) -> None:
+    """Load ``spec`` (a torchvision weights name, a weights file or a run folder) into
+    ``model``, adapting the head and the stem; a mismatch elsewhere is one UserError line."""
+    state = adapt(model, read_pretrained(spec, model_name), log)
+    load_into(model, state, source=f"weights {spec}")
+
+
+def preprocessing(spec: str) -> dict | None:
+    """What a torchvision weights name was trained with (its ``transforms()``): crop and
+    resize sides, mean and std; None for a file, whose own metadata says it."""
+    if not is_weights_name(spec):
+        return None
+    from torchvision.models import get_weight
+
+    try:
+        t = get_weight(spec).transforms()
+    except (ValueError, KeyError, AttributeError):
+        return None  # an unknown name: build_model says so in one line
+    return {
+        "image_size": t.crop_size[0],
+        "resize_size": t.resize_size[0],
+        "mean": tuple(t.mean),
+        "std": tuple(t.std),
+    }
