@@ -109,7 +109,7 @@ def test_a_run_leaves_config_metrics_summary_curves_and_checkpoints(
     }
     assert cfg["eval_batch_size"] == 2 * 32  # `train --help`: "default: twice --batch-size"
     assert Path(cfg["data_path"]).is_absolute()
-    not_applicable = ("resize_size", "per_class", "weights")  # no folder, every image, no --weights
+    not_applicable = ("resize_size", "per_class", "subset_seed", "weights")  # no folder, no subset
     unresolved = [k for k, v in cfg.items() if v is None and k not in not_applicable]
     assert unresolved == []
 

@@ -389,7 +389,8 @@ def resolve_config(file_values: dict[str, Any], flags: dict[str, Any]) -> TrainC
         raise UserError("--model and --dataset are required (or a --config that sets them)")
     validate(cfg)  # names and numbers first, so the error names what the user typed
     cfg = fill_recipe(cfg, get_model_entry(cfg.model).family)
-    if cfg.subset_seed is None:  # config.json says which order --per-class picked from
+    # With --per-class, config.json says which order the images were picked from.
+    if cfg.subset_seed is None and cfg.per_class is not None:
         cfg.subset_seed = cfg.seed
     validate(cfg)
     if cfg.output_dir is None:
