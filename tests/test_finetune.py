@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from conftest import TrainedRun
 from PIL import Image
 from torchvision.models import ResNet18_Weights
 
@@ -223,3 +224,13 @@ def test_folder_preprocessing_follows_the_torchvision_weights_unless_given(
     )
     weights_preprocessing(both, print)
     assert (both.image_size, both.resize_size) == (32, 36) and capsys.readouterr().out == ""
+
+
+def test_a_run_folder_of_another_model_is_one_line_exit_2(
+    trained_run: TrainedRun, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code = train(images, tmp_path / "run", "--weights", str(trained_run.path))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "holds weights of mnist_cnn, not of resnet18" in err
+    assert not (tmp_path / "run").exists()
