@@ -86,6 +86,7 @@ def build_loaders(
     per_class: int | None = None,
     subset_seed: int | None = None,
     sampler: str = "shuffle",
+    normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> DataBundle:
     """Loaders for a DATASETS name (in memory, on ``device``) or ``"folder"``; ``val_split``
     images are held out of training by ``seed``. ``classes`` fixes a folder dataset's class list
@@ -95,7 +96,8 @@ def build_loaders(
     (one of POLICIES), ``random_erase`` (a probability), ``mixup_alpha`` and ``cutmix_alpha``
     (soft targets). ``class_subset`` ("5,6" or "cat,dog"; None or "all": every class) keeps
     some classes in every split and ``per_class`` that many training images of each
-    (data/subset.py); ``sampler="balanced"`` draws classes equally often (data/order.py)."""
+    (data/subset.py); ``sampler="balanced"`` draws classes equally often (data/order.py).
+    ``normalisation`` (mean, std) replaces the dataset's, e.g. with pretrained weights' own."""
     eval_batch_size = 2 * batch_size if eval_batch_size is None else eval_batch_size
     check_numbers(batch_size=batch_size, eval_batch_size=eval_batch_size, world_size=world_size)
     check_numbers(minimum=0, val_split=val_split, seed=seed)
@@ -129,9 +131,12 @@ def build_loaders(
         if resize_size < image_size:
             raise UserError(f"resize-size {resize_size} is smaller than image-size {image_size}")
         train_dir, val_dir, test_dir = folder_layout(root)
-        augmenting = folder_transform(augment, image_size, resize_size, policy, erasing)
+        mean, std = normalisation or (FOLDER_MEAN, FOLDER_STD)
+        norm = dict(mean=tuple(mean), std=tuple(std))
+        augmenting = folder_transform(augment, image_size, resize_size, policy, erasing, **norm)
         train_set = ClassFolder(train_dir, classes, augmenting)
-        class_list, ev = list(train_set.classes), folder_transform("none", image_size, resize_size)
+        ev = folder_transform("none", image_size, resize_size, **norm)
+        class_list = list(train_set.classes)
         all_classes = class_list
         keep = parse_classes(class_subset, class_list) if class_subset is not None else None
         if keep is not None:
@@ -163,7 +168,7 @@ def build_loaders(
             positions = torch.arange(len(train_set)) if train_subset is None else train_subset
             train_subset, train_labels = positions[picked], train_labels[picked]
         train = FolderLoader(train_set, train_subset, **training)
-        mean, std, input_size = FOLDER_MEAN, FOLDER_STD, (3, image_size, image_size)
+        mean, std, input_size = norm["mean"], norm["std"], (3, image_size, image_size)
     else:
         info = get_info(dataset)
         images, labels = load_arrays(info.name, root, train=True, download=download)
@@ -176,7 +181,8 @@ def build_loaders(
             where, test_labels = relabel(test_labels, keep, len(class_list))
             test_images = test_images[where]
             class_list = [class_list[i] for i in keep]
-        mean, std, input_size = info.mean, info.std, (info.in_channels, *info.image_size)
+        mean, std = (tuple(v) for v in normalisation or (info.mean, info.std))
+        input_size = (info.in_channels, *info.image_size)
         evaluation |= dict(mean=mean, std=std)
         training |= dict(mean=mean, std=std, augment=augment)
         if policy is not None or erasing is not None:

@@ -85,9 +85,12 @@ def folder_transform(
     resize_size: int,
     policy: v2.Transform | None = None,
     erasing: v2.RandomErasing | None = None,
+    mean: Sequence[float] = FOLDER_MEAN,
+    std: Sequence[float] = FOLDER_STD,
 ) -> v2.Compose:
     """torchvision's ImageNet reference recipe (RandomResizedCrop + flip) or a part of it, then
-    ImageNet's normalisation; ``"none"``, resize and centre crop, is the evaluation transform.
+    ImageNet's normalisation (or ``mean`` and ``std``, pretrained weights' own); ``"none"``,
+    resize and centre crop, is the evaluation transform.
     An auto-augment ``policy`` goes after the crop and flip, ``erasing`` after the
     normalisation, as in torchvision's reference presets (data/policies.py)."""
     centre = [v2.Resize(resize_size), v2.CenterCrop(image_size)]
@@ -96,7 +99,7 @@ def folder_transform(
     geometric = {"none": centre, "flip": centre + flip, "crop": crop}.get(augment, crop + flip)
     if policy is not None:
         geometric = [*geometric, policy]
-    norm = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(FOLDER_MEAN, FOLDER_STD)]
+    norm = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if augment == "cutout":  # a square of a quarter of the area, set to the mean
         norm.append(v2.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0))
     if erasing is not None:

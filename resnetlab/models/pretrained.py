@@ -4,15 +4,19 @@ A torchvision name goes through torch.hub's cache (``<hub dir>/checkpoints``), s
 there by hand works offline. The head and the stem are adapted when the task differs: another
 class count re-initialises the last linear layer; another channel count adapts the first conv
 (grayscale: the sum of the RGB filters; N channels: the RGB filters repeated, scaled by 3/N, so
-that the activations keep their scale).
+that the activations keep their scale). Each source also says how its images were prepared
+(torchvision's ``transforms()``, our checkpoints' metadata), for the data to follow.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import pickle
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.error import URLError
 
 import torch
@@ -32,7 +36,17 @@ def hub_file(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def _torchvision_state(spec: str, model_name: str) -> dict[str, Tensor]:
+@dataclass
+class Pretrained:
+    """A weights source read: its state_dict, and what its images were prepared with
+    (``image_size``, ``resize_size``, ``mean``, ``std``; a key left out is not known)."""
+
+    spec: str
+    state: dict[str, Tensor]
+    preprocessing: dict[str, Any]
+
+
+def _torchvision_weights(spec: str, model_name: str) -> Pretrained:
     from torchvision.models import get_model_weights, get_weight, list_models
 
     try:
@@ -49,15 +63,29 @@ def _torchvision_state(spec: str, model_name: str) -> dict[str, Tensor]:
     if type(weights) is not ours:
         owner = next((m for m in list_models() if _weights_of(m) is type(weights)), "another model")
         raise UserError(f"{spec} are weights of {owner}, not of {model_name}")
-    try:
-        return torch.hub.load_state_dict_from_url(
+    file = hub_file(weights.url)
+    cached = file.is_file()
+    try:  # torch.hub reads its cached file as it is; it downloads (and checks the hash) if none
+        state = torch.hub.load_state_dict_from_url(
             weights.url, check_hash=True, map_location="cpu", weights_only=True
         )
-    except (URLError, OSError) as e:
-        file = hub_file(weights.url)
-        raise UserError(
+    except (URLError, OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        if cached:  # not a state_dict, truncated...
+            raise UserError(
+                f"cannot read {file} ({first_line(e)}): replace it with {weights.url}"
+            ) from None
+        raise UserError(  # no network, or a failed hash check
             f"cannot download {spec} ({first_line(e)}): put {file.name} in {file.parent}"
         ) from None
+    return Pretrained(spec, state, torchvision_preprocessing(weights))
+
+
+def torchvision_preprocessing(weights: Any) -> dict[str, Any]:
+    """The eval preset torchvision's ``weights`` were measured with (their ``transforms()``,
+    an ImageClassification): crop and resize sides, mean and std."""
+    t = weights.transforms()
+    sizes = {"image_size": t.crop_size[0], "resize_size": t.resize_size[0]}
+    return {**sizes, "mean": tuple(t.mean), "std": tuple(t.std)}
 
 
 def _weights_of(name: str) -> type | None:
@@ -69,14 +97,26 @@ def _weights_of(name: str) -> type | None:
         return None
 
 
-def read_pretrained(spec: str, model_name: str) -> dict[str, Tensor]:
-    """The state_dict ``spec`` names, refused if it is another architecture's."""
+def read_pretrained(spec: str, model_name: str) -> Pretrained:
+    """The weights ``spec`` names, refused if they are another architecture's."""
     if is_weights_name(spec):
-        return _torchvision_state(spec, model_name)
+        return _torchvision_weights(spec, model_name)
     state, meta = read_weights(spec)
     if meta.get("model") and meta["model"] != model_name:
         raise UserError(f"{spec} holds weights of {meta['model']}, not of {model_name}")
-    return state
+    return Pretrained(spec, state, meta_preprocessing(meta))
+
+
+def meta_preprocessing(meta: dict[str, Any]) -> dict[str, Any]:
+    """Our checkpoints' preprocessing; one trained in memory (no resize) saw whole images, so
+    a folder is resized to its crop side; a foreign file tells nothing."""
+    out: dict[str, Any] = {}
+    if meta.get("input_size"):
+        out["image_size"] = int(meta["input_size"][-1])
+        out["resize_size"] = int(meta.get("resize_size") or out["image_size"])
+    if meta.get("mean") and meta.get("std"):
+        out["mean"], out["std"] = tuple(meta["mean"]), tuple(meta["std"])
+    return out
 
 
 def head(model: nn.Module) -> tuple[str, nn.Linear]:
@@ -135,28 +175,9 @@ def adapt(
 
 
 def load_pretrained(
-    model: nn.Module, spec: str, model_name: str, log: Callable[[str], None] = print
+    model: nn.Module, source: Pretrained, log: Callable[[str], None] = print
 ) -> None:
-    """Load ``spec`` (a torchvision weights name, a weights file or a run folder) into
-    ``model``, adapting the head and the stem; a mismatch elsewhere is one UserError line."""
-    state = adapt(model, read_pretrained(spec, model_name), log)
-    load_into(model, state, source=f"weights {spec}")
-
-
-def preprocessing(spec: str) -> dict | None:
-    """What a torchvision weights name was trained with (its ``transforms()``): crop and
-    resize sides, mean and std; None for a file, whose own metadata says it."""
-    if not is_weights_name(spec):
-        return None
-    from torchvision.models import get_weight
-
-    try:
-        t = get_weight(spec).transforms()
-    except (ValueError, KeyError, AttributeError):
-        return None  # an unknown name: build_model says so in one line
-    return {
-        "image_size": t.crop_size[0],
-        "resize_size": t.resize_size[0],
-        "mean": tuple(t.mean),
-        "std": tuple(t.std),
-    }
+    """Load ``source`` into ``model``, adapting the head and the stem; a mismatch elsewhere
+    is one UserError line."""
+    state = adapt(model, source.state, log)
+    load_into(model, state, source=f"weights {source.spec}")

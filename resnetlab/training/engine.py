@@ -10,7 +10,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -24,12 +24,17 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from resnetlab.data import DataBundle, balanced_class_weights, build_loaders
-from resnetlab.data.info import FOLDER_MEAN, FOLDER_STD
+from resnetlab.data.info import get_info
 from resnetlab.data.root import resolve_root
 from resnetlab.device import resolve_channels_last, resolve_device, resolve_precision
 from resnetlab.errors import UserError, first_line
 from resnetlab.models import create_model
-from resnetlab.models.pretrained import load_pretrained, preprocessing
+from resnetlab.models.pretrained import (
+    Pretrained,
+    load_pretrained,
+    meta_preprocessing,
+    read_pretrained,
+)
 from resnetlab.models.weights import load_into
 from resnetlab.training import checkpoint as ckpt
 from resnetlab.training import distributed
@@ -45,6 +50,10 @@ from resnetlab.training.tensorboard import TensorBoardLogger, create_logger
 from resnetlab.version import __version__
 
 PLOT_EVERY_S = 60.0  # curves.png takes about a second: redrawn at most this often, and last
+
+
+def print_nothing(*args: Any, **kwargs: Any) -> None:
+    """The log of ranks other than 0, and of what a resumed run says again."""
 
 
 class TrainingDiverged(UserError):
@@ -112,10 +121,15 @@ def _train(
     overwrite: bool,
     resume: bool,
 ) -> dict:
-    log = print if world.is_main else lambda *args, **kwargs: None  # ranks other than 0
+    log = print if world.is_main else print_nothing  # ranks other than 0
     device = setup(cfg, world, resume)
-    bundle = load_data(cfg, device, world)
-    model = build_model(cfg, bundle, log=log, pretrained=not resume)
+    source = read_pretrained(cfg.weights, cfg.model) if cfg.weights and state is None else None
+    if source is not None:
+        bundle = load_data(cfg, device, world, source.preprocessing, log)
+    else:  # a resumed run's checkpoint says how its images were prepared: no weights read
+        prepared = meta_preprocessing(state["meta"]) if cfg.weights and state else {}
+        bundle = load_data(cfg, device, world, prepared)
+    model = build_model(cfg, bundle, log=log, pretrained=source)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -342,12 +356,22 @@ def resplit_batch(cfg: TrainConfig, world: World) -> None:
     cfg.batch_size, cfg.world_size = global_batch // world.world_size, world.world_size
 
 
-def load_data(cfg: TrainConfig, device: torch.device, world: World) -> DataBundle:
-    """The loaders; then ``cfg`` holds what follows from the data (length, warm-up, sizes)."""
+def load_data(
+    cfg: TrainConfig,
+    device: torch.device,
+    world: World,
+    prepared: dict[str, Any] | None = None,
+    log: Callable[..., None] = print_nothing,
+) -> DataBundle:
+    """The loaders, prepared as pretrained weights' images were (``prepared``, see
+    `weights_preprocessing`); then ``cfg`` holds what follows from the data (length, warm-up,
+    sizes)."""
     cfg.data_path = str(resolve_root(cfg.data_path).resolve())
     cfg.eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
-    if cfg.dataset == "folder" and cfg.weights:
-        weights_preprocessing(cfg, print if world.is_main else lambda *a: None)
+    normalisation = None
+    if prepared:
+        channels = 3 if cfg.dataset == "folder" else get_info(cfg.dataset).in_channels
+        normalisation = weights_preprocessing(cfg, prepared, channels, log)
     same = ("download", "batch_size", "eval_batch_size", "val_split", "seed", "augment", "workers")
     same += ("auto_augment", "ra_magnitude", "augmix_severity", "random_erase", "mixup_alpha")
     same += ("cutmix_alpha", "per_class", "subset_seed", "sampler")
@@ -363,6 +387,7 @@ def load_data(cfg: TrainConfig, device: torch.device, world: World) -> DataBundl
         image_size=cfg.image_size or 224,
         resize_size=cfg.resize_size or 256,
         skip_bad_images=cfg.skip_bad_images,
+        normalisation=normalisation,
     )
     if cfg.batch_size > bundle.train.num_samples:
         raise UserError(
@@ -389,34 +414,56 @@ def class_weights(
     return balanced_class_weights(bundle.train_labels, bundle.classes).to(device)
 
 
-def weights_preprocessing(cfg: TrainConfig, log: Callable[..., None]) -> None:
-    """A folder dataset is cropped and resized as torchvision's weights expect, unless
-    --image-size or --resize-size say otherwise (each given one is kept)."""
-    pre = preprocessing(cfg.weights or "")
-    if pre is None or (cfg.image_size and cfg.resize_size):
-        return
-    if (pre["mean"], pre["std"]) != (FOLDER_MEAN, FOLDER_STD):
-        raise UserError(
-            f"{cfg.weights} expect mean {pre['mean']} and std {pre['std']}, "
-            f"but folder datasets normalise with {FOLDER_MEAN} and {FOLDER_STD}"
-        )
-    cfg.image_size = cfg.image_size or pre["image_size"]
-    cfg.resize_size = cfg.resize_size or pre["resize_size"]
-    log(f"notice: folder images resized to {cfg.resize_size} and cropped to {cfg.image_size}, "
-        f"mean {pre['mean']} and std {pre['std']}, as {cfg.weights} expect")  # fmt: skip
+def weights_preprocessing(
+    cfg: TrainConfig, prepared: dict[str, Any], channels: int, log: Callable[..., None]
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """What the weights' own preprocessing (`Pretrained.preprocessing`) gives the data, said in
+    one notice line: a folder's resize and crop sides where --resize-size / --image-size leave
+    them unset (a given crop keeps the weights' resize-to-crop ratio), and the (mean, std) to
+    normalise with when they have a value per channel of the data (else the dataset's stay).
+    In-memory datasets keep their own image sizes."""
+    taken = []
+    if cfg.dataset == "folder" and "image_size" in prepared:
+        crop, resize = prepared["image_size"], prepared["resize_size"]
+        if cfg.image_size is not None and cfg.resize_size is None:
+            cfg.resize_size = round(cfg.image_size * resize / crop)
+            taken.append(f"resize {cfg.resize_size} (its {resize}:{crop} ratio)")
+        elif cfg.resize_size is None:
+            cfg.resize_size = resize
+            taken.append(f"resize {resize}")
+        if cfg.image_size is None:
+            cfg.image_size = crop
+            taken.append(f"crop {crop}")
+    normalisation, kept = None, ""
+    if "mean" in prepared:
+        mean, std = prepared["mean"], prepared["std"]
+        if len(mean) == channels == len(std):
+            normalisation = (tuple(mean), tuple(std))
+            taken.append(f"mean {_values(mean)}, std {_values(std)}")
+        else:
+            kept = (
+                f" (its mean and std are for {len(mean)} channels, not {channels}: kept the data's)"
+            )
+    if taken or kept:
+        log(f"notice: preprocessing from {cfg.weights}: {', '.join(taken) or 'none'}{kept}")
+    return normalisation
+
+
+def _values(v: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{x:g}" for x in v) + "]"
 
 
 def build_model(
     cfg: TrainConfig,
     bundle: DataBundle,
     log: Callable[..., None] = print,
-    pretrained: bool = True,
+    pretrained: Pretrained | None = None,
 ) -> nn.Module:
     """The model, checked against the data (and the smallest side it will be trained at);
     a new run with ``--weights`` starts from them (a resumed one reads its own checkpoint)."""
     model = create_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
-    if cfg.weights and pretrained:
-        load_pretrained(model, cfg.weights, cfg.model, log)
+    if pretrained is not None:
+        load_pretrained(model, pretrained, log)
     check_input(model, cfg.model, cfg.dataset, tuple(bundle.input_size), bundle.num_classes)
     if cfg.min_res:
         if cfg.min_res > bundle.input_size[-1]:
