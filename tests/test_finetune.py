@@ -231,6 +231,7 @@ def test_backbone_lr_scale_gives_the_backbone_groups_a_share_of_the_lr() -> None
     top = [g for g in groups if g[0] & fc]
     assert all(ids.isdisjoint(fc) and lr == pytest.approx(0.025) for ids, lr, _ in backbone)
     assert all(ids <= fc and lr == 0.1 for ids, lr, _ in top)
+    assert groups[0][0] <= fc  # group 0's lr is the one logged: --lr, the head's
     assert sorted(wd for *_, wd in top) == [0.0, 1e-4]  # fc.bias undecayed, fc.weight decayed
     everything = set().union(*(ids for ids, *_ in groups))
     assert everything == {id(p) for p in model.parameters()}

@@ -30,17 +30,18 @@ def param_groups(model: nn.Module, weight_decay: float, no_wd_norm_bias: bool) -
 
 
 def scale_backbone(groups: list[dict], head: set[int], lr: float, scale: float) -> list[dict]:
-    """Each group split into its backbone part, at ``lr * scale``, and its head part (the
-    parameters whose ids are in ``head``), at ``lr``; the schedule keeps the ratio."""
-    out = []
+    """Each group split into its head part (the parameters whose ids are in ``head``), at
+    ``lr``, and its backbone part, at ``lr * scale``; the schedule keeps the ratio. The head's
+    groups come first: group 0's lr is the one the run logs, and it is --lr."""
+    top, backbone = [], []
     for group in groups:
-        backbone = [p for p in group["params"] if id(p) not in head]
-        top = [p for p in group["params"] if id(p) in head]
-        if backbone:
-            out.append({**group, "params": backbone, "lr": lr * scale})
-        if top:
-            out.append({**group, "params": top})
-    return out
+        mine = [p for p in group["params"] if id(p) in head]
+        rest = [p for p in group["params"] if id(p) not in head]
+        if mine:
+            top.append({**group, "params": mine})
+        if rest:
+            backbone.append({**group, "params": rest, "lr": lr * scale})
+    return top + backbone
 
 
 def build_optimizer(
