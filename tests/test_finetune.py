@@ -379,3 +379,22 @@ def test_a_run_from_weights_resumes_bit_exactly_without_reading_them_again(
     monkeypatch.undo()
     assert main(["train", "--resume", str(early)]) == 0
     assert_same_weights(early / "last.safetensors", reference / "last.safetensors")
+
+
+def test_a_head_of_other_classes_is_reinitialised_even_when_the_count_matches(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    torch.manual_seed(0)
+    source = create_model("resnet20", num_classes=5).state_dict()
+    model = create_model("resnet20", num_classes=5)
+    animals, vehicles = ["cat", "deer", "dog", "frog", "horse"], ["airplane", "car", "ship"]
+    vehicles += ["truck", "bus"]
+    kept = adapt(model, source, classes=animals, source_classes=animals)
+    assert "re-initialised" not in capsys.readouterr().out
+    assert torch.equal(kept["fc.weight"], source["fc.weight"])
+    fresh = adapt(model, source, classes=vehicles, source_classes=animals)
+    out = capsys.readouterr().out
+    assert "notice: fc re-initialised for 5 classes (weights' classes cat, deer, dog, ..., " in out
+    assert torch.equal(fresh["fc.weight"], model.fc.weight)  # the model's own init, not theirs
+    assert not torch.equal(fresh["fc.weight"], source["fc.weight"])
+    assert torch.equal(fresh["layer1.0.conv1.weight"], source["layer1.0.conv1.weight"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,12 +38,14 @@ def hub_file(url: str) -> Path:
 
 @dataclass
 class Pretrained:
-    """A weights source read: its state_dict, and what its images were prepared with
-    (``image_size``, ``resize_size``, ``mean``, ``std``; a key left out is not known)."""
+    """A weights source read: its state_dict, what its images were prepared with
+    (``image_size``, ``resize_size``, ``mean``, ``std``; a key left out is not known) and the
+    names of the classes its head predicts (None: not known)."""
 
     spec: str
     state: dict[str, Tensor]
     preprocessing: dict[str, Any]
+    classes: list[str] | None = None
 
 
 def _torchvision_weights(spec: str, model_name: str) -> Pretrained:
@@ -77,6 +79,7 @@ def _torchvision_weights(spec: str, model_name: str) -> Pretrained:
         raise UserError(  # no network, or a failed hash check
             f"cannot download {spec} ({first_line(e)}): put {file.name} in {file.parent}"
         ) from None
+    # Their categories ("tench") are not an ImageNet folder's names ("n01440764"): not compared.
     return Pretrained(spec, state, torchvision_preprocessing(weights))
 
 
@@ -104,7 +107,8 @@ def read_pretrained(spec: str, model_name: str) -> Pretrained:
     state, meta = read_weights(spec)
     if meta.get("model") and meta["model"] != model_name:
         raise UserError(f"{spec} holds weights of {meta['model']}, not of {model_name}")
-    return Pretrained(spec, state, meta_preprocessing(meta))
+    classes = meta.get("classes")
+    return Pretrained(spec, state, meta_preprocessing(meta), list(classes) if classes else None)
 
 
 def meta_preprocessing(meta: dict[str, Any]) -> dict[str, Any]:
@@ -141,22 +145,37 @@ def adapt_stem_weight(weight: Tensor, in_channels: int) -> Tensor:
     return out * (weight.shape[1] / in_channels)
 
 
+def _names(names: Sequence[str] | None) -> str:
+    shown = ", ".join(list(names or [])[:3])
+    return shown + (", ..." if len(names or []) > 3 else "")
+
+
 def _shape(t: Tensor) -> str:
     return " x ".join(map(str, t.shape))
 
 
 def adapt(
-    model: nn.Module, state: dict[str, Tensor], log: Callable[[str], None] = print
+    model: nn.Module,
+    state: dict[str, Tensor],
+    log: Callable[[str], None] = print,
+    classes: Sequence[str] | None = None,
+    source_classes: Sequence[str] | None = None,
 ) -> dict[str, Tensor]:
-    """``state`` fitted to ``model``'s head and stem, each change announced in one line."""
+    """``state`` fitted to ``model``'s head and stem, each change announced in one line. The
+    head is re-initialised for another class count, and for as many classes of other names
+    (``classes``, the data's, against ``source_classes``, the weights'): a head trained on
+    airplane..deer means nothing for dog..truck."""
     state = dict(state)
     name, fc = head(model)
     key = f"{name}.weight"
-    if key in state and state[key].shape != fc.weight.shape:
-        log(
-            f"notice: {name} re-initialised for {fc.out_features} classes "
-            f"(weights: {_shape(state[key])}, now {_shape(fc.weight)})"
+    renamed = bool(classes and source_classes) and list(classes) != list(source_classes or [])
+    if key in state and (state[key].shape != fc.weight.shape or renamed):
+        why = (
+            f"weights: {_shape(state[key])}, now {_shape(fc.weight)}"
+            if state[key].shape != fc.weight.shape
+            else f"weights' classes {_names(source_classes)}, now {_names(classes)}"
         )
+        log(f"notice: {name} re-initialised for {fc.out_features} classes ({why})")
         for k, v in fc.state_dict().items():
             state[f"{name}.{k}"] = v.detach().clone()
     first = stem(model)
@@ -175,9 +194,12 @@ def adapt(
 
 
 def load_pretrained(
-    model: nn.Module, source: Pretrained, log: Callable[[str], None] = print
+    model: nn.Module,
+    source: Pretrained,
+    log: Callable[[str], None] = print,
+    classes: Sequence[str] | None = None,
 ) -> None:
-    """Load ``source`` into ``model``, adapting the head and the stem; a mismatch elsewhere
-    is one UserError line."""
-    state = adapt(model, source.state, log)
+    """Load ``source`` into ``model`` for data of ``classes``, adapting the head and the stem;
+    a mismatch elsewhere is one UserError line."""
+    state = adapt(model, source.state, log, classes, source.classes)
     load_into(model, state, source=f"weights {source.spec}")

@@ -463,7 +463,7 @@ def build_model(
     a new run with ``--weights`` starts from them (a resumed one reads its own checkpoint)."""
     model = create_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
     if pretrained is not None:
-        load_pretrained(model, pretrained, log)
+        load_pretrained(model, pretrained, log, bundle.classes)
     check_input(model, cfg.model, cfg.dataset, tuple(bundle.input_size), bundle.num_classes)
     if cfg.min_res:
         if cfg.min_res > bundle.input_size[-1]:
