@@ -38,14 +38,16 @@ PASSED_THROUGH = ("device", "data_path", "download", "precision", "channels_last
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", help=f"one of {', '.join(list_experiments())}, or a YAML path")
     p.add_argument("--output-dir", help="folder of the experiment's runs (runs/EXPERIMENT)")
-    p.add_argument("--seeds", type=int, default=1, help="runs per model, seeds 0..N-1")
+    p.add_argument("--seeds", type=int, help="runs of each, seeds 0..N-1 (the experiment's: 1)")
     p.add_argument(
         "--epochs-scale",
         type=float,
         default=1.0,
         help="multiply every run's length (and warm-up) by this, keeping its shape",
     )
-    p.add_argument("--only", nargs="+", metavar="MODEL", help="only these runs (and opt-in ones)")
+    p.add_argument(
+        "--only", nargs="+", metavar="RUN", help="only these runs or models (and opt-in ones)"
+    )
     for name in PASSED_THROUGH:
         add_setting(p, name)
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state only")
@@ -54,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     exp = load_experiment(args.experiment)
     out_root = Path(args.output_dir or Path("runs") / exp.name).expanduser()
-    specs = expand(exp, seeds=args.seeds, only=args.only)
+    runs = expand(exp, seeds=args.seeds, only=args.only)
+    specs = [spec.with_output_dir(out_root.resolve()) for spec in runs]
     overrides = {k: getattr(args, k) for k in PASSED_THROUGH if getattr(args, k) is not None}
     if args.epochs_scale <= 0 or args.epochs_scale > 10:
         raise UserError(f"--epochs-scale must be in (0, 10], got {args.epochs_scale}")

@@ -3,6 +3,11 @@
 A file names the shared `resnetlab train` settings (``train``), the runs (``runs``: a model
 and optional per-run settings) and the published numbers with their citation
 (``published``). `expand` turns it into concrete runs, one folder each, for N seeds.
+
+A run may also have a ``name`` (its folder's, when two runs train the same model), ``seeds``
+(at most that many of them: a shared pretraining) and ``opt_in`` (only with ``--only``). In
+a setting, ``{output_dir}`` is the experiment's folder, so one run can start from another's
+weights: ``weights: "{output_dir}/pretrain-seed0"``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from resnetlab.errors import UserError, first_line
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 
+RUN_KEYS = ("name", "seeds", "opt_in")  # a run's keys that are not `resnetlab train` settings
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One training run of an experiment: its folder name and its `resnetlab train` settings."""
@@ -27,6 +35,14 @@ class RunSpec:
     seed: int
     settings: dict[str, Any]
 
+    def with_output_dir(self, output_dir: Path) -> RunSpec:
+        """The spec with ``{output_dir}`` in its settings replaced by the experiment folder."""
+        filled = {
+            k: v.replace("{output_dir}", str(output_dir)) if isinstance(v, str) else v
+            for k, v in self.settings.items()
+        }
+        return RunSpec(self.name, self.model, self.seed, filled)
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -35,6 +51,7 @@ class Experiment:
     train: dict[str, Any]
     runs: list[dict[str, Any]]
     published: dict[str, Any] = field(default_factory=dict)
+    seeds: int = 1  # runs per run entry when --seeds is not given
 
     def published_error(self, model: str) -> float | None:
         return (self.published.get("values") or {}).get(model)
@@ -62,39 +79,61 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
         raise UserError(f"cannot read experiment file {path}: {first_line(e)}") from None
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list) or not data["runs"]:
         raise UserError(f"experiment file {path} needs a non-empty list under 'runs'")
+    labels = []
     for i, run in enumerate(data["runs"]):
         if not isinstance(run, dict) or not isinstance(run.get("model"), str):
             raise UserError(f"experiment file {path}: run {i + 1} needs a 'model' name")
+        seeds = run.get("seeds", 1)
+        if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+            raise UserError(f"experiment file {path}: run {i + 1}: seeds must be a number >= 1")
+        labels.append(str(run.get("name") or run["model"]))
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise UserError(f"experiment file {path}: two runs named {', '.join(twice)}; name them")
+    seeds = data.get("seeds", 1)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise UserError(f"experiment file {path}: seeds must be a whole number >= 1")
     return Experiment(
         name=str(data.get("name") or path.stem),
         description=str(data.get("description") or ""),
         train=dict(data.get("train") or {}),
         runs=[dict(r) for r in data["runs"]],
         published=dict(data.get("published") or {}),
+        seeds=seeds,
     )
 
 
-def expand(exp: Experiment, seeds: int = 1, only: list[str] | None = None) -> list[RunSpec]:
-    """The concrete runs: every (run, seed) pair; opt-in runs only when named in ``only``."""
+def expand(
+    exp: Experiment, seeds: int | None = None, only: list[str] | None = None
+) -> list[RunSpec]:
+    """The concrete runs: every (run, seed) pair, a run's ``seeds`` capping ``seeds``; opt-in
+    runs only when named (by name, or by model) in ``only``."""
+    seeds = exp.seeds if seeds is None else seeds
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
-    models = [r["model"] for r in exp.runs]
-    unknown = sorted(set(only or []) - set(models))
+    names = [run_label(r) for r in exp.runs]
+    unknown = sorted(set(only or []) - set(names) - {r["model"] for r in exp.runs})
     if unknown:
         raise UserError(
-            f"--only {', '.join(unknown)}: not a run of {exp.name} (runs: {', '.join(models)})"
+            f"--only {', '.join(unknown)}: not a run of {exp.name} (runs: {', '.join(names)})"
         )
     specs = []
     for run in exp.runs:
-        model = run["model"]
-        if (only is not None and model not in only) or (only is None and run.get("opt_in")):
+        model, label = run["model"], run_label(run)
+        chosen = only is not None and (label in only or model in only)
+        if (only is not None and not chosen) or (only is None and run.get("opt_in")):
             continue
-        settings = {**exp.train, **{k: v for k, v in run.items() if k != "opt_in"}}
+        settings = {**exp.train, **{k: v for k, v in run.items() if k not in RUN_KEYS}}
         specs += [
-            RunSpec(f"{model}-seed{seed}", model, seed, {**settings, "seed": seed})
-            for seed in range(seeds)
+            RunSpec(f"{label}-seed{seed}", model, seed, {**settings, "seed": seed})
+            for seed in range(min(seeds, run.get("seeds", seeds)))
         ]
     return specs
+
+
+def run_label(run: dict[str, Any]) -> str:
+    """A run's name in the experiment: its ``name``, else its model's."""
+    return str(run.get("name") or run["model"])
 
 
 def scale_length(settings: dict[str, Any], factor: float) -> dict[str, Any]:

@@ -33,6 +33,12 @@ class RunResult:
     metrics: list[dict]
 
     @property
+    def label(self) -> str:
+        """The experiment's name for the run, its seeds together: the folder's, less -seedN."""
+        stem, _, seed = self.name.rpartition("-seed")
+        return stem if stem and seed.isdigit() else self.name
+
+    @property
     def test_evaluations(self) -> int:
         """Times the run looked at the test set: summary.json says (runs before it: metrics)."""
         if self.summary and "test_evaluations" in self.summary:
@@ -93,15 +99,19 @@ def write_report(folder: Path, exp: Experiment) -> Path:
 
 
 def results_table(runs: list[RunResult], exp: Experiment) -> list[str]:
-    by_model: dict[str, list[RunResult]] = defaultdict(list)
+    """One row per run of the experiment, its seeds together (mean ± std)."""
+    by_label: dict[str, list[RunResult]] = defaultdict(list)
     for r in runs:
-        by_model[r.model].append(r)
+        by_label[r.label].append(r)
+    named = any(label != group[0].model for label, group in by_label.items())
     rows = [
-        "| model | parameters | paper test error (%) | our test error (%) | "
-        "best val error (%) | epochs | test evaluations | wall time | hardware |",
+        f"| {'run' if named else 'model'} | parameters | paper test error (%) | "
+        "our test error (%) | best val error (%) | epochs | test evaluations | wall time | "
+        "hardware |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for model, group in by_model.items():
+    for label, group in by_label.items():
+        model = group[0].model
         done = [r for r in group if r.summary is not None]
         sums = [r.summary for r in done]
         errors = [100.0 - s["test"]["top1"] for s in sums if s.get("test")]
@@ -111,7 +121,7 @@ def results_table(runs: list[RunResult], exp: Experiment) -> list[str]:
         pending = len(group) - len(done)
         unfinished = f"({pending} unfinished)" if pending else ""
         cells = [
-            model,
+            label,
             f"{params:,}" if params else "",
             paper_cell(exp, model),
             " ".join(filter(None, [mean_std(errors), unfinished])),
