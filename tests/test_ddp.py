@@ -439,3 +439,32 @@ def test_world_from_env_and_the_global_batch_on_resume() -> None:
     assert (cfg.batch_size, cfg.world_size) == (128, 1)
     with pytest.raises(UserError, match="global batch 128 .* does not split over 3"):
         resplit_batch(cfg, World(0, 3, 0))
+
+
+# Per-image augmentation is drawn from (seed, epoch, image index) and the balanced order from
+# the run's generator, so two ranks see the images one process would, augmented the same.
+PER_IMAGE = ("--auto-augment", "ta_wide", "--random-erase", "0.5", "--sampler", "balanced")
+
+
+def test_per_image_augmentation_and_the_balanced_sampler_split_over_ranks_as_one_process(
+    data_root: Path, reference: Path, tmp_path: Path
+) -> None:
+    one = tmp_path / "one"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(args(data_root, one, 32, *PER_IMAGE)) == 0
+    two = tmp_path / "two"
+    done = subprocess.run(
+        [*torchrun(), *args(data_root, two, 16, *PER_IMAGE)],
+        env=quiet_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for ours, theirs in zip(rows(two), rows(one), strict=True):
+        assert_same_numbers(ours, theirs)
+    assert_close_weights(two / "last.safetensors", one / "last.safetensors")
+    # The options are on: without them the same command (the reference) trains other weights.
+    on = load_file(str(one / "last.safetensors"))
+    off = load_file(str(reference / "last.safetensors"))
+    assert not torch.allclose(on["fc2.weight"], off["fc2.weight"], atol=1e-3)
