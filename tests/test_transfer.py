@@ -68,3 +68,5 @@ def test_fine_tuning_starts_from_the_pretraining_with_a_new_head(
     table = (out / "report.md").read_text()
     assert "| run | parameters |" in table
     assert "| finetune | " in table and "(n=2)" in table.split("| finetune | ")[1].split("\n")[0]
+    assert "![test accuracy](comparison.png)" in table
+    assert (out / "comparison.png").stat().st_size > 0

@@ -7,7 +7,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -31,6 +31,7 @@ class RunResult:
     family: str
     summary: dict | None  # None while the run is unfinished
     metrics: list[dict]
+    config: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -60,7 +61,8 @@ def collect_runs(folder: Path) -> list[RunResult]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
             raise UserError(f"{run_dir}: unreadable run files ({e})") from None
         model = config.get("model") or run_dir.name
-        runs.append(RunResult(run_dir.name, model, get_model_entry(model).family, summary, metrics))
+        family = get_model_entry(model).family
+        runs.append(RunResult(run_dir.name, model, family, summary, metrics, config))
     return runs
 
 
@@ -90,6 +92,9 @@ def write_report(folder: Path, exp: Experiment) -> Path:
     if any(r.family == "plain" for r in runs) and any(r.family != "plain" for r in runs):
         atomic_write(folder / "fig6.png", lambda p: plot_degradation(runs, p))
         lines += ["## Figure 6 analogue", "", "![Figure 6 analogue](fig6.png)", ""]
+    if is_comparison(runs) and any(r.summary for r in runs):
+        atomic_write(folder / "comparison.png", lambda p: plot_comparison(runs, p))
+        lines += ["## Test accuracy of each run", "", "![test accuracy](comparison.png)", ""]
     if any(r.metrics for r in runs):
         atomic_write(folder / "curves.png", lambda p: plot_all_curves(runs, p, exp))
         lines += ["## Accuracy curves", "", "![accuracy curves](curves.png)", ""]
@@ -103,7 +108,7 @@ def results_table(runs: list[RunResult], exp: Experiment) -> list[str]:
     by_label: dict[str, list[RunResult]] = defaultdict(list)
     for r in runs:
         by_label[r.label].append(r)
-    named = any(label != group[0].model for label, group in by_label.items())
+    named = is_comparison(runs)
     rows = [
         f"| {'run' if named else 'model'} | parameters | paper test error (%) | "
         "our test error (%) | best val error (%) | epochs | test evaluations | wall time | "
@@ -133,6 +138,37 @@ def results_table(runs: list[RunResult], exp: Experiment) -> list[str]:
         ]
         rows.append(f"| {' | '.join(cells)} |")
     return rows
+
+
+def is_comparison(runs: list[RunResult]) -> bool:
+    """Whether the runs are named settings compared (transfer), not models of a table."""
+    return any(r.label != r.model for r in runs)
+
+
+def plot_comparison(runs: list[RunResult], path: Path) -> None:
+    """Final test accuracy of each named run: a bar at the mean, a dot per seed. Only the
+    runs tested on the most common test set (their ``classes``): a pretraining on other
+    classes is not comparable."""
+    finished = [r for r in runs if r.summary and r.summary.get("test")]
+    tested_on = [str(r.config.get("classes")) for r in finished]
+    common = max(set(tested_on), key=tested_on.count, default=None)
+    by_label: dict[str, list[float]] = defaultdict(list)
+    for r in finished:
+        if str(r.config.get("classes")) == common:
+            by_label[r.label].append(r.summary["test"]["top1"])
+    labels = list(by_label)
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(labels) + 1.2), layout="tight")
+    for y, label in enumerate(labels):
+        accs = by_label[label]
+        ax.barh(y, statistics.mean(accs), color=f"C{y}", alpha=0.5)
+        ax.plot(accs, [y] * len(accs), "o", color=f"C{y}")
+        ax.text(statistics.mean(accs), y, f" {statistics.mean(accs):.1f}%", va="center")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set(xlabel="test accuracy after the last epoch (%); a dot per seed", xlim=(0, 100))
+    ax.grid(axis="x", alpha=0.3)
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
 
 
 def is_evaluated(m: dict) -> bool:
