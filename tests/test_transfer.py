@@ -31,6 +31,16 @@ def test_transfer_pretrains_once_and_pairs_each_seed_of_fine_tuning_with_scratch
         assert tuned.settings["per_class"] == 100 and tuned.settings["seed"] == seed
     pretrain = specs["pretrain-seed0"].settings
     assert set(pretrain["classes"].split(",")).isdisjoint(tuned.settings["classes"].split(","))
+    # The 300-epoch runs are opt-in, and differ from their 60-epoch twins in length alone.
+    long = {s.name: s for s in expand(load_experiment("transfer"), only=["scratch-cutmix-long"])}
+    assert list(long) == [f"scratch-cutmix-long-seed{i}" for i in range(3)]
+    short = specs["scratch-cutmix-seed1"].settings
+    longer = long["scratch-cutmix-long-seed1"].settings
+    assert (short["epochs"], longer["epochs"]) == (60, 300)
+    drop = ("epochs", "eval_every")
+    assert {k: v for k, v in short.items() if k not in drop} == {
+        k: v for k, v in longer.items() if k not in drop
+    }
 
 
 def test_two_runs_of_one_name_are_refused(tmp_path: Path) -> None:
@@ -67,6 +77,8 @@ def test_fine_tuning_starts_from_the_pretraining_with_a_new_head(
     assert summary["dataset"] == "cifar10"
     table = (out / "report.md").read_text()
     assert "| run | parameters |" in table
+    rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["| pretrain", "| finetune", "| scratch"]  # the file's order
     assert "| finetune | " in table and "(n=2)" in table.split("| finetune | ")[1].split("\n")[0]
     assert "![test accuracy](comparison.png)" in table
     assert (out / "comparison.png").stat().st_size > 0

@@ -53,6 +53,11 @@ class Experiment:
     published: dict[str, Any] = field(default_factory=dict)
     seeds: int = 1  # runs per run entry when --seeds is not given
 
+    def position(self, label: str) -> int:
+        """Where a run (its name, else its model) stands in the file: reports keep that order."""
+        keys = [run.get("name", run.get("model")) for run in self.runs]
+        return keys.index(label) if label in keys else len(keys)
+
     def published_error(self, model: str) -> float | None:
         return (self.published.get("values") or {}).get(model)
 

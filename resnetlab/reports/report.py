@@ -76,7 +76,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 def write_report(folder: Path, exp: Experiment) -> Path:
     """report.md, fig6.png (when plain and residual runs are both there) and curves.png."""
-    runs = collect_runs(folder)
+    runs = sorted(collect_runs(folder), key=lambda r: exp.position(r.label))
     if not runs:
         raise UserError(f"{folder}: no runs (no */config.json) to report on")
     lines = [f"# {exp.name}", "", exp.description, ""]
@@ -93,7 +93,7 @@ def write_report(folder: Path, exp: Experiment) -> Path:
         atomic_write(folder / "fig6.png", lambda p: plot_degradation(runs, p))
         lines += ["## Figure 6 analogue", "", "![Figure 6 analogue](fig6.png)", ""]
     if is_comparison(runs) and any(r.summary for r in runs):
-        atomic_write(folder / "comparison.png", lambda p: plot_comparison(runs, p))
+        atomic_write(folder / "comparison.png", lambda p: plot_comparison(runs, p, exp.name))
         lines += ["## Test accuracy of each run", "", "![test accuracy](comparison.png)", ""]
     if any(r.metrics for r in runs):
         atomic_write(folder / "curves.png", lambda p: plot_all_curves(runs, p, exp))
@@ -145,7 +145,7 @@ def is_comparison(runs: list[RunResult]) -> bool:
     return any(r.label != r.model for r in runs)
 
 
-def plot_comparison(runs: list[RunResult], path: Path) -> None:
+def plot_comparison(runs: list[RunResult], path: Path, title: str) -> None:
     """Final test accuracy of each named run: a bar at the mean, a dot per seed. Only the
     runs tested on the most common test set (their ``classes``): a pretraining on other
     classes is not comparable."""
@@ -162,10 +162,13 @@ def plot_comparison(runs: list[RunResult], path: Path) -> None:
         accs = by_label[label]
         ax.barh(y, statistics.mean(accs), color=f"C{y}", alpha=0.5)
         ax.plot(accs, [y] * len(accs), "o", color=f"C{y}")
-        ax.text(statistics.mean(accs), y, f" {statistics.mean(accs):.1f}%", va="center")
+        mean = statistics.mean(accs)
+        ax.text(max(accs) + 1, y, f"{mean:.1f}% (n={len(accs)})", va="center")
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
-    ax.set(xlabel="test accuracy after the last epoch (%); a dot per seed", xlim=(0, 100))
+    tested = f" of classes {common}" if common not in (None, "None") else ""
+    ax.set(title=f"{title}: a bar at the mean of the seeds, a dot per seed", xlim=(0, 100))
+    ax.set_xlabel(f"accuracy on the test images{tested} after the last epoch (%)")
     ax.grid(axis="x", alpha=0.3)
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
