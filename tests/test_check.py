@@ -50,6 +50,15 @@ def test_too_few_seeds_and_other_recipes_are_said(tmp_path):
 def test_seed_device_and_paths_do_not_make_another_recipe(tmp_path):
     run = fake_run(tmp_path / "a", 91.5, workers=0, precision="fp32", data_path="/x")
     assert "lies inside" in verdict(run, measured(8.4, 8.6))
+    # A seed's own draw of --per-class images is its variation too, not another recipe...
+    fake_run(tmp_path / "ours" / "few" / "s0", 70.0, per_class=100, subset_seed=0)
+    fake_run(tmp_path / "ours" / "few" / "s1", 68.0, per_class=100, subset_seed=1)
+    ours = collect(tmp_path / "ours")
+    assert "lies inside" in verdict(
+        fake_run(tmp_path / "b", 69.0, per_class=100, subset_seed=3), ours
+    )
+    # ...but another number of images is.
+    assert "no measurement" in verdict(fake_run(tmp_path / "c", 69.0, per_class=50), ours)
 
 
 def test_a_run_two_experiments_share_counts_once(tmp_path):

@@ -21,6 +21,7 @@ MEASURED = Path(__file__).with_name("measured.json")
 NOT_THE_RECIPE = (
     "data_path", "download", "output_dir", "device", "workers", "print_freq", "eval_batch_size",
     "seed", "precision", "channels_last", "compile", "world_size", "skip_bad_images",
+    "subset_seed",  # which images of each class --per-class draws: a seed's variation too
 )  # fmt: skip
 INSIDE = 2.0  # standard deviations: inside our spread means within two of our mean
 
