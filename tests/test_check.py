@@ -61,6 +61,16 @@ def test_seed_device_and_paths_do_not_make_another_recipe(tmp_path):
     assert "no measurement" in verdict(fake_run(tmp_path / "c", 69.0, per_class=50), ours)
 
 
+def test_weights_are_the_same_start_in_any_folder_but_not_under_another_name(tmp_path):
+    fake_run(tmp_path / "ours" / "t" / "s0", 86.0, weights="/work/runs/t/pretrain-seed0")
+    fake_run(tmp_path / "ours" / "t" / "s1", 85.0, weights="/work/runs/t/pretrain-seed0")
+    ours = collect(tmp_path / "ours")
+    mine = fake_run(tmp_path / "a", 85.5, weights="/home/me/runs/t/pretrain-seed0")
+    assert "lies inside our 14.50 ± 0.71% (n=2)" in verdict(mine, ours)
+    imagenet = fake_run(tmp_path / "b", 85.5, weights="ResNet18_Weights.IMAGENET1K_V1")
+    assert "no measurement" in verdict(imagenet, ours)
+
+
 def test_a_run_two_experiments_share_counts_once(tmp_path):
     fake_run(tmp_path / "table" / "resnet20-seed0", 91.5)
     fake_run(tmp_path / "table" / "resnet20-seed1", 91.4)

@@ -35,8 +35,12 @@ def read_record(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"{run_dir}: not a finished resnetlab run ({e})") from None
     if not (summary.get("test") or {}).get("top1"):
         raise UserError(f"{run_dir}: the run has no test result")
+    settings = {k: v for k, v in sorted(config.items()) if k not in NOT_THE_RECIPE}
+    if isinstance(settings.get("weights"), str) and "/" in settings["weights"]:
+        # A file or run folder is the same start wherever it sits: keep its name, not its path.
+        settings["weights"] = Path(settings["weights"]).name
     return {
-        "settings": {k: v for k, v in sorted(config.items()) if k not in NOT_THE_RECIPE},
+        "settings": settings,
         "test_error": round(100.0 - summary["test"]["top1"], 4),
         "device_name": summary.get("device_name"),
         "precision": summary.get("precision"),
